@@ -1,0 +1,52 @@
+"""Sizes, statistics and the paper's hyper-parameters, in one place.
+
+Training, evaluation, export and the tests all read these, so the preprocessing
+cannot drift between them. Figures are from Krizhevsky, Sutskever & Hinton,
+"ImageNet Classification with Deep Convolutional Neural Networks" (NIPS 2012).
+"""
+
+from __future__ import annotations
+
+# Input pipeline (paper, section 2): rescale the shorter side to 256, take the central
+# 256x256 patch; train on random crops of it, test on ten crops.
+IMAGE_SIZE = 256
+PAPER_CROP = 227  # 227 makes conv1 (11x11, stride 4, no padding) give 55x55
+TORCHVISION_CROP = 224  # torchvision's layout pads conv1 by 2: (224 + 4 - 11) // 4 + 1 = 55
+NUM_CROPS = 10  # four corners + centre, and their horizontal reflections
+
+# Local response normalization (paper, section 3.3): k, n, alpha, beta.
+LRN_K = 2.0
+LRN_SIZE = 5
+LRN_ALPHA = 1e-4
+LRN_BETA = 0.75
+
+# Optimisation (paper, section 5).
+BATCH_SIZE = 128
+LEARNING_RATE = 0.01
+MOMENTUM = 0.9
+WEIGHT_DECAY = 5e-4
+LR_FACTOR = 0.1  # "divide the learning rate by 10 when the validation error rate stopped improving"
+EPOCHS = 90
+DROPOUT = 0.5
+
+# PCA colour augmentation (paper, section 4.1): alpha ~ N(0, 0.1) per image and eigenvector.
+PCA_ALPHA_STD = 0.1
+
+# torchvision's published AlexNet weights (IMAGENET1K_V1) expect this normalization,
+# in [0, 1] units: mean (0.485, 0.456, 0.406), std (0.229, 0.224, 0.225).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# ImageNet's RGB covariance eigen-decomposition in [0, 1] units (as fb.resnet.torch uses
+# it); only a fallback: training computes the decomposition of its own training set.
+IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
+IMAGENET_PCA_EIGVEC = (
+    (-0.5675, 0.7192, 0.4009),
+    (-0.5808, -0.0045, -0.8140),
+    (-0.5836, -0.6948, 0.4203),
+)
+
+# Files written next to each other in a training run directory.
+CHECKPOINT_LAST = "checkpoint.pt"
+CHECKPOINT_BEST = "best.pt"
+METRICS_FILE = "metrics.jsonl"
