@@ -37,15 +37,6 @@ PCA_ALPHA_STD = 0.1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-# ImageNet's RGB covariance eigen-decomposition in [0, 1] units (as fb.resnet.torch uses
-# it); only a fallback: training computes the decomposition of its own training set.
-IMAGENET_PCA_EIGVAL = (0.2175, 0.0188, 0.0045)
-IMAGENET_PCA_EIGVEC = (
-    (-0.5675, 0.7192, 0.4009),
-    (-0.5808, -0.0045, -0.8140),
-    (-0.5836, -0.6948, 0.4203),
-)
-
 # Files written next to each other in a training run directory.
 CHECKPOINT_LAST = "checkpoint.pt"
 CHECKPOINT_BEST = "best.pt"

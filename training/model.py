@@ -179,18 +179,14 @@ def init_caffe(model: AlexNet) -> None:
         )
 
 
-def init_kaiming(model: AlexNet) -> None:
-    """He-normal weights (fan-out, as torchvision's CNNs) and zero biases."""
-    for layer in weight_layers(model).values():
-        nn.init.kaiming_normal_(layer.weight, mode="fan_out", nonlinearity="relu")
-        nn.init.zeros_(layer.bias)
-
-
 INITS: dict[str, Callable[[AlexNet], None]] = {
     "paper": init_paper,
     "caffe": init_caffe,
-    "kaiming": init_kaiming,
 }
+
+# The initialization each variant gets unless asked otherwise: the paper's for the paper's
+# network; Caffe's for the others, which the paper's bias of 1 can stall.
+DEFAULT_INIT = {"paper": "paper", "paper-ungrouped": "paper", "torchvision": "caffe", "bn": "caffe"}
 
 
 def build_model(
@@ -201,11 +197,12 @@ def build_model(
     Args:
         arch: one of `VARIANTS` ("paper", "paper-ungrouped", "torchvision", "bn").
         num_classes: size of fc8.
-        init: one of `INITS` ("paper", "caffe", "kaiming").
+        init: one of `INITS` ("paper", "caffe"); None for the variant's `DEFAULT_INIT`.
         dropout: dropout probability before fc6 and fc7.
     """
     if arch not in VARIANTS:
         raise ValueError(f"Unknown arch {arch!r}. Only {', '.join(VARIANTS)} are supported.")
+    init = DEFAULT_INIT[arch] if init is None else init
     if init not in INITS:
         raise ValueError(f"Unknown init {init!r}. Only {', '.join(INITS)} are supported.")
     if num_classes < 1:

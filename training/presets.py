@@ -108,14 +108,17 @@ class RandomCropFlip(nn.Module):
 class PCALighting(nn.Module):
     """The paper's colour augmentation (section 4.1).
 
-    To every pixel of an image add [p1, p2, p3] [a1 l1, a2 l2, a3 l3]^T, with p_i, l_i the
-    eigenvectors and eigenvalues of the 3x3 covariance of RGB pixel values over the
-    training set and a_i ~ N(0, alpha_std) drawn once per image. The eigenvalues are in
-    0..255 units squared, like the pixels; the offset is divided by `std` because it is
-    added to normalized images.
+    To every pixel of an image add [p1, p2, p3] [a1 s1, a2 s2, a3 s3]^T, with p_i the
+    eigenvectors of the 3x3 covariance of RGB pixel values over the training set, s_i the
+    standard deviation along p_i and a_i ~ N(0, alpha_std) drawn once per image.
+
+    The paper writes the eigenvalue l_i where s_i = sqrt(l_i) stands here: Krizhevsky's own
+    cuda-convnet2 scales the noise by `color_stdevs`, and with variances in 0..255 units
+    the literal formula would shift pixels by hundreds of levels. The offset is divided by
+    `std` because it is added to normalized images.
 
     Args:
-        eigval: (3,) eigenvalues of the RGB covariance (0..255 units squared).
+        eigval: (3,) eigenvalues (variances) of the RGB covariance, in 0..255 units squared.
         eigvec: (3, 3) eigenvectors as columns.
         std: (3,) the normalization's per-channel std (None for 1).
         alpha_std: standard deviation of the a_i.
@@ -138,8 +141,8 @@ class PCALighting(nn.Module):
     def offsets(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """(n, 3) RGB offsets, in normalized units, one row per image."""
         alpha = torch.randn(n, 3, generator=generator, device=self.eigval.device) * self.alpha_std
-        # sum_i p_i * (a_i * l_i): eigvec columns are the p_i.
-        return (alpha * self.eigval) @ self.eigvec.T / self.std
+        # sum_i p_i * (a_i * s_i): eigvec columns are the p_i.
+        return (alpha * self.eigval.sqrt()) @ self.eigvec.T / self.std
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.alpha_std == 0:

@@ -39,7 +39,7 @@ from training import distributed as dist
 from training.checkpoint import link_atomic, load_checkpoint, save_atomic
 from training.data import ImageFolder256, make_loader, pixel_statistics
 from training.evaluate import evaluate, resolve_device
-from training.model import INITS, VARIANTS, build_model
+from training.model import DEFAULT_INIT, INITS, VARIANTS, build_model
 from training.presets import Normalize, PCALighting, TrainAugment
 
 log = logging.getLogger("training")
@@ -66,10 +66,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--init",
-        default="paper",
+        default=None,
         choices=list(INITS),
-        help="weight initialization: the paper's, Caffe's (trains where the paper's stalls) "
-        "or He's (default: paper)",
+        help="weight initialization: the paper's, or Caffe's (biases 0.1, fc6/fc7 std 0.005), "
+        "which trains where the paper's stalls (default: paper for paper and paper-ungrouped, "
+        "caffe for bn and torchvision)",
     )
     p.add_argument(
         "--epochs",
@@ -107,7 +108,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--lr-patience",
         type=int,
-        default=2,
+        default=3,
         help="epochs without improvement before the lr drops (default: 2)",
     )
     p.add_argument(
@@ -319,6 +320,8 @@ def main(args: argparse.Namespace) -> dict:
         normalization = {"mean": stats["mean"], "std": None, "kind": "mean_image"}
         pca = {"eigval": stats["eigval"], "eigvec": stats["eigvec"], "images": stats["images"]}
 
+    args.init = args.init or DEFAULT_INIT[args.arch]
+    torch.manual_seed(args.seed)  # the initial weights
     model = build_model(args.arch, len(train_set.classes), init=args.init, dropout=args.dropout)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])

@@ -1,0 +1,45 @@
+"""Shared fixtures: a generated image set and a small run trained in this session."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# Two cores: keep torch from oversubscribing them when tests start subprocesses.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+TINY_CLASSES = 4
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 classes x 12 images (9 train, 3 val each) written by `training.synth`."""
+    from training.synth import generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, classes=TINY_CLASSES, per_class=12, seed=3, val_fraction=0.25, progress=False)
+    return root
+
+
+def train_args(data: Path, output: Path, *extra: str) -> argparse.Namespace:
+    """Arguments of `alexnet train` for a short CPU run."""
+    from training.train import get_args_parser
+
+    return get_args_parser().parse_args(
+        ["--data", str(data), "--output", str(output), "--device", "cpu", "--workers", "0",
+         "--no-progress", *extra]
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def trained_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A `bn` run of two epochs on `synth_root`; the run folder."""
+    from training.train import main
+
+    out = tmp_path_factory.mktemp("run")
+    main(train_args(synth_root, out, "--arch", "bn", "--epochs", "2", "--batch-size", "12"))
+    return out

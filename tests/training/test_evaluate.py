@@ -1,0 +1,72 @@
+"""`alexnet evaluate`: single-crop and ten-crop figures against an eager torchvision reference."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.cli import main as cli
+from training.data import ImageFolder256
+from training.evaluate import ten_crop_probs
+from training.presets import normalize_from
+
+
+def _reference(model, image: torch.Tensor, mean: torch.Tensor, crop: int):
+    """Per image, the plain way: five_crop + hflip of each patch, a loop, softmax, average."""
+    x = image.float() - mean  # (3, 256, 256), the mean image subtracted
+    five = TF.five_crop(x, [crop, crop])
+    crops = [*five, *(TF.horizontal_flip(p) for p in five)]
+    probs, fc7s = [], []
+    for c in crops:
+        logits, fc7 = model(c[None], return_fc7=True)
+        probs.append(F.softmax(logits, 1)[0])
+        fc7s.append(fc7[0])
+    return torch.stack(probs).mean(0), torch.stack(fc7s).mean(0)
+
+
+def test_ten_crop_path_matches_a_torchvision_reference(trained_run: Path, synth_root: Path) -> None:
+    ckpt = load_checkpoint(trained_run / "checkpoint.pt")
+    model = model_from_checkpoint(ckpt)
+    normalize = normalize_from(ckpt["normalization"])
+    ds = ImageFolder256(synth_root / "val", classes=ckpt["labels"])
+    images = torch.stack([ds[i][0] for i in range(3)])
+    with torch.no_grad():
+        probs, fc7 = ten_crop_probs(model, images, normalize, ckpt["crop_size"])
+        for i in range(3):
+            ref_p, ref_f = _reference(model, images[i], ckpt["normalization"]["mean"], ckpt["crop_size"])
+            torch.testing.assert_close(probs[i], ref_p, rtol=1e-4, atol=1e-6)
+            torch.testing.assert_close(fc7[i], ref_f, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(probs.sum(1), torch.ones(3))
+
+
+def test_evaluate_command_reports_both_protocols(trained_run: Path, synth_root: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "eval.json"
+    rc = cli(["evaluate", str(trained_run / "checkpoint.pt"), "--data", str(synth_root), "--device", "cpu",
+              "--workers", "0", "--no-progress", "--json", str(out)])  # fmt: skip
+    assert rc == 0
+    results = json.loads(out.read_text())
+    text = capsys.readouterr().out
+    assert "single_crop" in text and "ten_crop" in text
+    # The single-crop pass is the same computation the training run logged for its last epoch.
+    last = load_checkpoint(trained_run / "checkpoint.pt")["metrics"][-1]
+    assert results["single_crop"]["top1_err"] == pytest.approx(last["val_top1_err"])
+    assert results["single_crop"]["top5_err"] == pytest.approx(last["val_top5_err"])
+    for r in results.values():
+        assert r["images"] == 12 and 0 <= r["top5_err"] <= r["top1_err"] <= 1
+
+
+def test_evaluate_refuses_a_folder_with_other_classes(trained_run: Path, tmp_path: Path, synth_root: Path) -> None:
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(synth_root / "val", other / "val")
+    shutil.move(str(next((other / "val").iterdir())), other / "val" / "zebra")
+    rc = cli(["evaluate", str(trained_run / "checkpoint.pt"), "--data", str(other), "--device", "cpu",
+              "--workers", "0", "--no-progress"])  # fmt: skip
+    assert rc == 1

@@ -1,0 +1,114 @@
+"""`alexnet train`: checkpoints, metrics, exact resume, refusal to overwrite, DDP on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY_CLASSES, train_args
+from training.checkpoint import load_checkpoint
+from training.presets import Normalize
+from training.train import main
+
+CONTRACT_KEYS = {"model", "arch", "num_classes", "labels", "crop_size", "normalization", "epoch",
+                 "optimizer", "scheduler", "metrics"}  # fmt: skip
+
+
+def test_checkpoint_holds_what_the_contract_asks(trained_run: Path, synth_root: Path) -> None:
+    ckpt = load_checkpoint(trained_run / "checkpoint.pt")
+    assert CONTRACT_KEYS <= ckpt.keys()
+    assert ckpt["arch"] == "bn" and ckpt["crop_size"] == 227 and ckpt["epoch"] == 1
+    assert ckpt["num_classes"] == TINY_CLASSES
+    assert ckpt["labels"] == sorted(p.name for p in (synth_root / "train").iterdir())
+    assert ckpt["normalization"]["mean"].shape == (3, 256, 256)
+    assert ckpt["config"]["epochs"] == 2 and ckpt["config"]["batch_size"] == 12
+    Normalize(ckpt["normalization"]["mean"], ckpt["normalization"]["std"])  # export needs nothing else
+    assert (trained_run / "best.pt").exists()
+
+
+def test_metrics_file_has_one_row_per_epoch(trained_run: Path) -> None:
+    rows = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1]
+    for r in rows:
+        assert {"train_loss", "val_top1_err", "val_top5_err", "lr", "images_per_s"} <= r.keys()
+        assert 0 <= r["val_top1_err"] <= 1 and r["images_per_s"] > 0 and r["lr"] == 0.01
+    assert rows == load_checkpoint(trained_run / "checkpoint.pt")["metrics"]
+
+
+def test_best_checkpoint_is_the_epoch_with_lowest_val_error(trained_run: Path) -> None:
+    rows = load_checkpoint(trained_run / "checkpoint.pt")["metrics"]
+    best_epoch = min(rows, key=lambda r: r["val_top1_err"])["epoch"]  # first of equals
+    assert load_checkpoint(trained_run / "best.pt")["epoch"] == best_epoch
+
+
+def test_refuses_to_overwrite_a_run_without_resume(trained_run: Path, synth_root: Path) -> None:
+    before = (trained_run / "checkpoint.pt").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="--resume"):
+        main(train_args(synth_root, trained_run, "--arch", "bn", "--epochs", "3"))
+    assert (trained_run / "checkpoint.pt").stat().st_mtime_ns == before
+
+
+def test_resume_continues_exactly(synth_root: Path, tmp_path: Path) -> None:
+    common = ["--arch", "paper", "--batch-size", "12", "--seed", "7"]
+    main(train_args(synth_root, tmp_path / "straight", *common, "--epochs", "2"))
+    main(train_args(synth_root, tmp_path / "stopped", *common, "--epochs", "1"))
+    main(train_args(synth_root, tmp_path / "stopped", *common, "--epochs", "2",
+                    "--resume", str(tmp_path / "stopped" / "checkpoint.pt")))  # fmt: skip
+    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    assert b["epoch"] == 1 and len(b["metrics"]) == 2
+    for key, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][key]), key
+    mom_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
+    mom_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
+    assert all(torch.equal(x, y) for x, y in zip(mom_a, mom_b, strict=True))
+    assert [r["val_top1_err"] for r in a["metrics"]] == [r["val_top1_err"] for r in b["metrics"]]
+    # and the weights did move: this is a real training run
+    c = load_checkpoint(tmp_path / "stopped" / "best.pt")
+    assert any(not torch.equal(t, a["model"][k]) for k, t in c["model"].items()) or c["epoch"] == 1
+
+
+def test_unreadable_files_are_skipped_during_training(synth_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    cls = sorted((data / "train").iterdir())[1]
+    (cls / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    main(train_args(data, tmp_path / "run", "--arch", "bn", "--epochs", "1", "--batch-size", "12"))
+    rows = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["metrics"]
+    assert rows[0]["skipped_files"] == 1
+
+
+def test_lr_is_divided_by_ten_when_val_error_plateaus(synth_root: Path, tmp_path: Path) -> None:
+    # lr 0 never improves the val error: after --lr-patience 0 epochs the lr drops each epoch.
+    main(train_args(synth_root, tmp_path, "--arch", "paper", "--epochs", "3", "--batch-size", "12",
+                    "--lr", "1e-3", "--lr-patience", "0", "--min-lr", "1e-9", "--dropout", "0"))  # fmt: skip
+    rows = load_checkpoint(tmp_path / "checkpoint.pt")["metrics"]
+    lrs = [r["lr"] for r in rows]
+    assert lrs[0] == pytest.approx(1e-3)
+    for prev, cur, row in zip(lrs, lrs[1:], rows, strict=False):
+        assert cur == pytest.approx(prev / 10) or row["val_top1_err"] < min(
+            r["val_top1_err"] for r in rows[: row["epoch"]] or [row | {"val_top1_err": 2.0}]
+        )
+
+
+def test_two_process_ddp_on_cpu_keeps_ranks_identical(synth_root: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "training.train", "--data", str(synth_root), "--output", str(tmp_path), "--arch", "paper",
+           "--epochs", "1", "--batch-size", "12", "--device", "cpu", "--workers", "0", "--no-progress"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=Path(__file__).parents[2])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "processes=2" in proc.stderr
+    assert "all 2 ranks hold identical weights" in proc.stderr
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["config"]["batch_size"] == 12  # global batch, 6 per rank
+    # every validation image counted exactly once across the two ranks
+    assert round(ckpt["metrics"][0]["val_top1_err"] * 12) == pytest.approx(ckpt["metrics"][0]["val_top1_err"] * 12)
