@@ -109,7 +109,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--lr-patience",
         type=int,
         default=3,
-        help="epochs without improvement before the lr drops (default: 2)",
+        help="epochs without improvement before the lr drops (default: 3)",
     )
     p.add_argument(
         "--min-lr",

@@ -71,20 +71,29 @@ def test_bad_folders_fail_before_training(tmp_path: Path, synth_root: Path) -> N
     with pytest.raises(ValueError, match="need at least 2"):
         ImageFolder256(tmp_path / "one")
     with pytest.raises(ValueError, match="missing: \\['zebra'\\]"):
-        ImageFolder256(synth_root / "val", classes=[*ImageFolder256(synth_root / "val").classes, "zebra"])
+        ImageFolder256(
+            synth_root / "val", classes=[*ImageFolder256(synth_root / "val").classes, "zebra"]
+        )
 
 
 def test_evaluation_loader_shards_without_repeats(synth_root: Path) -> None:
     ds = ImageFolder256(synth_root / "val")
-    shards = [list(make_loader(ds, batch_size=5, workers=0, shuffle=False, rank=r, world_size=3).sampler) for r in range(3)]
+    shards = [
+        list(make_loader(ds, batch_size=5, workers=0, shuffle=False, rank=r, world_size=3).sampler)
+        for r in range(3)
+    ]
     assert sorted(i for s in shards for i in s) == list(range(len(ds)))
 
 
 def test_pixel_statistics_match_a_direct_numpy_computation(synth_root: Path) -> None:
     ds = ImageFolder256(synth_root / "train")
     stats = pixel_statistics(ds, progress=False)
-    images = np.stack([load_256(p).astype(np.float64) for p, _ in ds.folder.samples])  # (N, 256, 256, 3)
-    np.testing.assert_allclose(stats["mean"].numpy(), images.mean(0).transpose(2, 0, 1), rtol=1e-5, atol=1e-3)
+    images = np.stack(
+        [load_256(p).astype(np.float64) for p, _ in ds.folder.samples]
+    )  # (N, 256, 256, 3)
+    np.testing.assert_allclose(
+        stats["mean"].numpy(), images.mean(0).transpose(2, 0, 1), rtol=1e-5, atol=1e-3
+    )
     cov = np.cov(images.reshape(-1, 3).T, bias=True)
     eigval, eigvec = np.linalg.eigh(cov)
     np.testing.assert_allclose(stats["eigval"].numpy(), eigval[::-1], rtol=1e-4)

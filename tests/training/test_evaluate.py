@@ -39,15 +39,20 @@ def test_ten_crop_path_matches_a_torchvision_reference(trained_run: Path, synth_
     with torch.no_grad():
         probs, fc7 = ten_crop_probs(model, images, normalize, ckpt["crop_size"])
         for i in range(3):
-            ref_p, ref_f = _reference(model, images[i], ckpt["normalization"]["mean"], ckpt["crop_size"])
+            ref_p, ref_f = _reference(
+                model, images[i], ckpt["normalization"]["mean"], ckpt["crop_size"]
+            )
             torch.testing.assert_close(probs[i], ref_p, rtol=1e-4, atol=1e-6)
             torch.testing.assert_close(fc7[i], ref_f, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(probs.sum(1), torch.ones(3))
 
 
-def test_evaluate_command_reports_both_protocols(trained_run: Path, synth_root: Path, tmp_path: Path, capsys) -> None:
+def test_evaluate_command_reports_both_protocols(
+    trained_run: Path, synth_root: Path, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "eval.json"
-    rc = cli(["evaluate", str(trained_run / "checkpoint.pt"), "--data", str(synth_root), "--device", "cpu",
+    rc = cli(["evaluate", str(trained_run / "checkpoint.pt"), "--data", str(synth_root),
+              "--device", "cpu",
               "--workers", "0", "--no-progress", "--json", str(out)])  # fmt: skip
     assert rc == 0
     results = json.loads(out.read_text())
@@ -61,12 +66,15 @@ def test_evaluate_command_reports_both_protocols(trained_run: Path, synth_root: 
         assert r["images"] == 12 and 0 <= r["top5_err"] <= r["top1_err"] <= 1
 
 
-def test_evaluate_refuses_a_folder_with_other_classes(trained_run: Path, tmp_path: Path, synth_root: Path) -> None:
+def test_evaluate_refuses_a_folder_with_other_classes(
+    trained_run: Path, tmp_path: Path, synth_root: Path
+) -> None:
     import shutil
 
     other = tmp_path / "other"
     shutil.copytree(synth_root / "val", other / "val")
     shutil.move(str(next((other / "val").iterdir())), other / "val" / "zebra")
-    rc = cli(["evaluate", str(trained_run / "checkpoint.pt"), "--data", str(other), "--device", "cpu",
+    rc = cli(["evaluate", str(trained_run / "checkpoint.pt"), "--data", str(other),
+              "--device", "cpu",
               "--workers", "0", "--no-progress"])  # fmt: skip
     assert rc == 1

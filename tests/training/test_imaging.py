@@ -26,7 +26,9 @@ def _gradient(w: int, h: int) -> Image.Image:
 
 
 @pytest.mark.parametrize("size", [(500, 375), (375, 500), (256, 256), (100, 60), (1200, 300)])
-def test_resize_center_agrees_with_torchvision_resize_then_center_crop(size: tuple[int, int]) -> None:
+def test_resize_center_agrees_with_torchvision_resize_then_center_crop(
+    size: tuple[int, int],
+) -> None:
     img = _gradient(*size)
     ours = resize_center(img)
     assert ours.shape == (256, 256, 3) and ours.dtype == np.uint8

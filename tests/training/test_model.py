@@ -23,7 +23,10 @@ UNGROUPED_PARAMS = {**PAPER_PARAMS, "conv2": 614_656, "conv4": 1_327_488, "conv5
 )
 def test_parameter_counts_match_the_paper(arch: str, per_layer: dict, total: int) -> None:
     model = build_model(arch, 1000)
-    counts = {name: sum(p.numel() for p in layer.parameters()) for name, layer in weight_layers(model).items()}
+    counts = {
+        name: sum(p.numel() for p in layer.parameters())
+        for name, layer in weight_layers(model).items()
+    }
     assert counts == per_layer
     assert sum(p.numel() for p in model.parameters()) == total
 
@@ -76,8 +79,10 @@ def test_grouped_layers_connect_only_within_each_half() -> None:
     assert torch.all(x.grad[0, 48:] == 0)
 
 
-def _lrn_by_the_formula(a: torch.Tensor, n: int, alpha: float, beta: float, k: float) -> torch.Tensor:
-    """b[i] = a[i] / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a[j]^2)^beta, one loop per map."""
+def _lrn_by_the_formula(
+    a: torch.Tensor, n: int, alpha: float, beta: float, k: float
+) -> torch.Tensor:
+    """b[i] = a[i] / (k + alpha * sum_{j=max(0,i-n/2)}^{min(N-1,i+n/2)} a[j]^2)^beta, per map."""
     channels = a.shape[1]
     out = torch.empty_like(a)
     for i in range(channels):

@@ -10,7 +10,9 @@ from training.presets import CenterCrop, Normalize, PCALighting, RandomCropFlip,
 
 
 def _images(n: int = 2) -> torch.Tensor:
-    return torch.randint(0, 256, (n, 3, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    return torch.randint(
+        0, 256, (n, 3, 256, 256), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
+    )
 
 
 @pytest.mark.parametrize("crop", [224, 227])
