@@ -11,23 +11,35 @@ import importlib
 import logging
 import sys
 
-from training.distributed import RankFilter
-
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("training.synth_cli", "write a procedurally drawn, labelled image set"),
     "train": ("training.train", "train AlexNet on a class-per-folder image set"),
     "evaluate": ("training.evaluate", "top-1/top-5 error with one centre crop and with ten crops"),
+    "export": ("training.export", "export a checkpoint to the model store as verified ONNX"),
+    "import-torchvision": (
+        "training.import_torchvision",
+        "make a store model from torchvision's ImageNet AlexNet weights",
+    ),
+    "quantize": ("training.quantize", "add int8 (CPU) and fp16 (CUDA) files to a store version"),
+    "models": ("service.models_cli", "list the models in the store"),
 }
 
 
 def setup_logging(level: int = logging.INFO) -> None:
     handler = logging.StreamHandler()
-    handler.addFilter(RankFilter())
+    try:  # the serving image has no torch; then there are no ranks either
+        from training.distributed import RankFilter
+
+        handler.addFilter(RankFilter())
+    except ImportError:
+        pass
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "onnxruntime"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         module.main(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         logging.getLogger("alexnet").error("%s", e)
         return 1
     return 0

@@ -1,0 +1,257 @@
+"""`alexnet export`: a checkpoint -> `model_store/<name>/<version>/model.onnx` + manifest.
+
+    alexnet export runs/synth-bn/best.pt --name synth --data data/synth
+
+The graph holds the whole test-time procedure of the paper, so a client only has to
+send the 256x256 image (see ../shared/CONTRACT.md, "Exported model"):
+
+    images uint8 [N, 256, 256, 3] -> cast, NCHW, normalize -> ten crops [N*10, 3, c, c]
+        -> AlexNet (eval: no dropout) -> softmax -> mean over the crops -> probs [N, K]
+                                      -> fc7 (after ReLU) -> mean over the crops -> fc7 [N, 4096]
+
+Before anything is written, onnxruntime runs the file on several inputs and its outputs
+must equal an eager PyTorch reference built on torchvision's `five_crop` + `hflip`
+within `PROBS_ATOL` and `FC7_RTOL`/`FC7_ATOL`; a model that disagrees is not written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchvision.transforms.v2 import functional as TF
+
+from service import store
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.presets import Normalize, TenCrop, normalize_from
+
+log = logging.getLogger(__name__)
+
+# onnxruntime vs eager PyTorch, both float32: |a - b| <= atol + rtol * |b|, elementwise.
+PROBS_ATOL = 1e-5
+FC7_RTOL, FC7_ATOL = 1e-4, 1e-4
+OPSET = 18
+
+
+class ExportMismatchError(RuntimeError):
+    """The ONNX graph does not compute what the PyTorch model computes."""
+
+
+class TenCropGraph(nn.Module):
+    """The exported computation: uint8 NHWC 256x256 images -> (probs, fc7), ten-crop averaged."""
+
+    def __init__(self, model: nn.Module, normalize: Normalize, crop_size: int) -> None:
+        super().__init__()
+        self.model = model.eval()
+        self.normalize = normalize
+        self.ten_crop = TenCrop(crop_size)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.normalize(images.permute(0, 3, 1, 2))  # (N, 3, 256, 256) float
+        crops = self.ten_crop(x)  # (N, 10, 3, c, c)
+        n = crops.shape[0]
+        logits, fc7 = self.model(crops.flatten(0, 1), return_fc7=True)  # (N*10, K), (N*10, 4096)
+        probs = F.softmax(logits, dim=1).view(n, 10, -1).mean(1)
+        return probs, fc7.view(n, 10, -1).mean(1)
+
+
+@torch.no_grad()
+def reference_ten_crop(
+    model: nn.Module, image: np.ndarray, normalize: Normalize, crop_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The plain way, one image: torchvision five_crop + hflip of each patch, softmax, mean.
+
+    Args:
+        model: the network in eval mode.
+        image: uint8 (256, 256, 3) RGB.
+        normalize: the checkpoint's normalization.
+        crop_size: the variant's crop size.
+    """
+    x = normalize(torch.from_numpy(image).permute(2, 0, 1)[None])[0]  # (3, 256, 256)
+    five = TF.five_crop(x, [crop_size, crop_size])
+    crops = torch.stack([*five, *(TF.horizontal_flip(p) for p in five)])  # (10, 3, c, c)
+    logits, fc7 = model.eval()(crops, return_fc7=True)
+    return F.softmax(logits, 1).mean(0).numpy(), fc7.mean(0).numpy()
+
+
+def verification_inputs(count: int = 6, seed: int = 0) -> np.ndarray:
+    """uint8 (count, 256, 256, 3): noise, flat black/white and gradients, reproducibly."""
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(max(1, count - 3))]
+    ramp = np.linspace(0, 255, 256, dtype=np.float64)
+    images.append(np.stack([ramp[None, :].repeat(256, 0), ramp[:, None].repeat(256, 1),
+                            255 - ramp[None, :].repeat(256, 0)], -1).astype(np.uint8))  # fmt: skip
+    images += [np.zeros((256, 256, 3), np.uint8), np.full((256, 256, 3), 255, np.uint8)]
+    return np.stack(images[:count])
+
+
+def to_onnx(graph: TenCropGraph, path: Path) -> None:
+    """Export with a dynamic batch dimension (torch.export based exporter)."""
+    example = torch.zeros(2, 256, 256, 3, dtype=torch.uint8)
+    torch.onnx.export(
+        graph.eval(),
+        (example,),
+        str(path),
+        input_names=[store.INPUT_NAME],
+        output_names=list(store.OUTPUT_NAMES),
+        dynamic_shapes={"images": {0: torch.export.Dim("N", min=1, max=4096)}},
+        opset_version=OPSET,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+
+
+def verify_onnx(
+    path: Path, model: nn.Module, normalize: Normalize, crop_size: int, images: np.ndarray
+) -> dict:
+    """Run the ONNX file with onnxruntime (CPU) and compare it with `reference_ten_crop`.
+
+    The images go through once as one batch and once one by one, so the dynamic batch
+    dimension is checked too.
+
+    Raises:
+        ExportMismatchError: an output differs beyond the tolerances.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    batch_probs, batch_fc7 = session.run(None, {store.INPUT_NAME: images})
+    worst = {"probs": 0.0, "fc7": 0.0}
+    for i, image in enumerate(images):
+        ref_probs, ref_fc7 = reference_ten_crop(model, image, normalize, crop_size)
+        one_probs, one_fc7 = session.run(None, {store.INPUT_NAME: image[None]})
+        for probs, fc7 in ((batch_probs[i], batch_fc7[i]), (one_probs[0], one_fc7[0])):
+            worst["probs"] = max(worst["probs"], float(np.abs(probs - ref_probs).max()))
+            worst["fc7"] = max(worst["fc7"], float(np.abs(fc7 - ref_fc7).max()))
+            bad_probs = np.abs(probs - ref_probs) > PROBS_ATOL
+            bad_fc7 = np.abs(fc7 - ref_fc7) > FC7_ATOL + FC7_RTOL * np.abs(ref_fc7)
+            if bad_probs.any() or bad_fc7.any():
+                raise ExportMismatchError(
+                    f"ONNX output differs from PyTorch on verification image {i}: max |dprobs| "
+                    f"{np.abs(probs - ref_probs).max():.3g} (tolerance {PROBS_ATOL}), max |dfc7| "
+                    f"{np.abs(fc7 - ref_fc7).max():.3g} (tolerance {FC7_ATOL} + {FC7_RTOL}*|fc7|)"
+                )
+    return {
+        "images": len(images),
+        "max_abs_diff": worst,
+        "tolerance": {"probs_atol": PROBS_ATOL, "fc7_atol": FC7_ATOL, "fc7_rtol": FC7_RTOL},
+        "reference": "torchvision five_crop + hflip, eager PyTorch float32",
+    }
+
+
+def export_checkpoint(
+    ckpt: dict,
+    *,
+    store_dir: Path,
+    name: str,
+    version: int | None = None,
+    source: dict | None = None,
+    metrics: dict | None = None,
+) -> Path:
+    """Export, verify and publish a checkpoint as a new store version; returns its folder."""
+    model = model_from_checkpoint(ckpt)
+    normalize = normalize_from(ckpt["normalization"])
+    graph = TenCropGraph(model, normalize, ckpt["crop_size"]).eval()
+    inputs, outputs = store.contract_io(ckpt["num_classes"])
+
+    def fill(folder: Path, v: int) -> store.Manifest:
+        onnx_path = folder / store.FILE_FOR["fp32"]
+        log.info(
+            "exporting %s:%d (%s, %d classes) to ONNX", name, v, ckpt["arch"], ckpt["num_classes"]
+        )
+        to_onnx(graph, onnx_path)
+        log.info("verifying the ONNX model against eager PyTorch")
+        verification = verify_onnx(
+            onnx_path, model, normalize, ckpt["crop_size"], verification_inputs()
+        )
+        digest = store.sha256_file(onnx_path)
+        return store.Manifest(
+            name=name, version=v, arch=ckpt["arch"], num_classes=ckpt["num_classes"],
+            labels=list(ckpt["labels"]), crop_size=ckpt["crop_size"], inputs=inputs,
+            outputs=outputs, sha256=digest,
+            files={"fp32": store.ModelFile(
+                file=onnx_path.name, sha256=digest, bytes=onnx_path.stat().st_size)},
+            source=source or {}, created_at=store.now_iso(), metrics=metrics or {},
+            normalization=_describe(ckpt["normalization"]), verification=verification,
+        )  # fmt: skip
+
+    folder = store.publish_version(store_dir, name, version, fill)
+    log.info("wrote %s", folder)
+    return folder
+
+
+def _describe(normalization: dict) -> dict:
+    mean = torch.as_tensor(normalization["mean"])
+    std = normalization.get("std")
+    return {
+        "mean": "mean image (3x256x256)" if mean.dim() == 3 else [float(v) for v in mean.flatten()],
+        "std": None if std is None else [float(v) for v in torch.as_tensor(std).flatten()],
+        "units": "0..255 pixel values",
+    }
+
+
+def checkpoint_metrics(ckpt: dict) -> dict:
+    """The figures a checkpoint already knows: its last epoch's single-crop val errors."""
+    rows = ckpt.get("metrics") or []
+    if not rows:
+        return {}
+    last = rows[-1]
+    return {
+        "single_crop": {"top1_err": last["val_top1_err"], "top5_err": last["val_top5_err"]},
+        "source": f"training validation, epoch {last['epoch']}",
+    }
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="alexnet export",
+        description="Export a checkpoint to model_store/NAME/VERSION/ (ONNX with the ten crops, "
+        "softmax average and fc7 inside the graph, plus manifest.json), after verifying it "
+        "against PyTorch.",
+    )
+    p.add_argument("checkpoint", type=Path, help="checkpoint written by `alexnet train`")
+    p.add_argument("--name", required=True, help="model name in the store")
+    p.add_argument(
+        "--version", type=int, default=None, help="version number (default: the next free integer)"
+    )
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=Path("model_store"),
+        help="store folder (default: model_store)",
+    )
+    p.add_argument("--data", type=Path, default=None,
+                   help="dataset root: evaluate DATA/val with one and ten crops and record the "
+                   "figures (default: the checkpoint's last validation figures)")  # fmt: skip
+    p.add_argument(
+        "--workers", type=int, default=2, help="loader processes for --data (default: 2)"
+    )
+    return p
+
+
+def main(args: argparse.Namespace) -> Path:
+    ckpt = load_checkpoint(args.checkpoint)
+    metrics = checkpoint_metrics(ckpt)
+    if args.data is not None:
+        from training.evaluate import main as evaluate_main
+
+        results = evaluate_main(argparse.Namespace(
+            checkpoint=args.checkpoint, data=args.data, split="val", batch_size=32,
+            workers=args.workers, device="auto", json=None, no_progress=False,
+        ))  # fmt: skip
+        metrics = {**results, "source": f"alexnet evaluate on {args.data / 'val'}"}
+    source = {
+        "checkpoint": str(args.checkpoint.resolve()),
+        "sha256": store.sha256_file(args.checkpoint),
+        "epoch": ckpt.get("epoch"),
+    }
+    folder = export_checkpoint(ckpt, store_dir=args.store, name=args.name, version=args.version,
+                               source=source, metrics=metrics)  # fmt: skip
+    print(f"exported {args.name}:{folder.name} to {folder}")
+    return folder

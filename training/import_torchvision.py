@@ -1,0 +1,131 @@
+"""`alexnet import-torchvision --name NAME`: a store model from torchvision's ImageNet weights.
+
+    alexnet import-torchvision --name imagenet                       # downloads (online)
+    alexnet import-torchvision --name imagenet --weights-file alexnet-owt-7be5be79.pth
+
+This is the command that gives real ImageNet top-5 labels. The weights are torchvision's
+IMAGENET1K_V1 (its single-GPU AlexNet, 224 crops, 56.5% / 79.1% top-1 / top-5 accuracy
+with one centre crop, as torchvision publishes them); the 1000 category names come from
+torchvision's weight metadata, which is available offline. The normalization those
+weights expect (mean 0.485/0.456/0.406, std 0.229/0.224/0.225 in [0, 1] units) goes into
+the graph, so the service needs nothing special.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+from torchvision.models import AlexNet_Weights
+
+from service import store
+from training import constants as C
+from training.export import export_checkpoint
+from training.model import build_model
+
+log = logging.getLogger(__name__)
+WEIGHTS = AlexNet_Weights.IMAGENET1K_V1
+
+
+def published_sha256_prefix() -> str:
+    """torchvision names its files <arch>-<first 8 hex digits of the file's sha256>.pth."""
+    return Path(WEIGHTS.url).stem.rsplit("-", 1)[-1]
+
+
+def read_state_dict(weights_file: Path | None) -> tuple[dict, dict]:
+    """The state_dict and a description of where it came from."""
+    if weights_file is None:
+        try:
+            state = WEIGHTS.get_state_dict(progress=True, check_hash=True)
+        except OSError as e:  # URLError is an OSError
+            raise RuntimeError(
+                f"could not download {WEIGHTS.url} ({e}); on an offline machine pass "
+                "--weights-file with a copy of that file"
+            ) from None
+        return state, {"weights": str(WEIGHTS), "url": WEIGHTS.url}
+    if not weights_file.is_file():
+        raise FileNotFoundError(f"no weights file at {weights_file}")
+    state = torch.load(weights_file, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    digest = store.sha256_file(weights_file)
+    return state, {"weights_file": str(weights_file.resolve()), "sha256": digest,
+                   "published": digest.startswith(published_sha256_prefix())}  # fmt: skip
+
+
+def checkpoint_from(state: dict) -> dict:
+    """A checkpoint in the contract's format around torchvision's state_dict."""
+    model = build_model("torchvision", len(WEIGHTS.meta["categories"]))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(
+            f"not a torchvision AlexNet state_dict: {str(e).splitlines()[0]}"
+        ) from None
+    return {
+        "model": model.state_dict(),
+        "arch": "torchvision",
+        "num_classes": len(WEIGHTS.meta["categories"]),
+        "labels": list(WEIGHTS.meta["categories"]),
+        "crop_size": C.TORCHVISION_CROP,
+        # in 0..255 units, like every normalization here
+        "normalization": {
+            "mean": torch.tensor(C.IMAGENET_MEAN) * 255,
+            "std": torch.tensor(C.IMAGENET_STD) * 255,
+            "kind": "per_channel",
+        },
+        "epoch": None,
+        "metrics": [],
+    }
+
+
+def published_metrics() -> dict:
+    acc = WEIGHTS.meta["_metrics"]["ImageNet-1K"]
+    return {
+        "single_crop": {
+            "top1_err": round(1 - acc["acc@1"] / 100, 5),
+            "top5_err": round(1 - acc["acc@5"] / 100, 5),
+        },
+        "source": "torchvision's published ImageNet-1K validation figures for IMAGENET1K_V1",
+    }
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="alexnet import-torchvision",
+        description="Export torchvision's ImageNet AlexNet (IMAGENET1K_V1) to the model store, "
+        "with the 1000 ImageNet labels and the normalization those weights expect.",
+    )
+    p.add_argument("--weights-file", type=Path, default=None,
+                   help=f"a local copy of {Path(WEIGHTS.url).name} (default: download it through "
+                   "torchvision's weights API)")  # fmt: skip
+    p.add_argument("--name", required=True, help="model name in the store")
+    p.add_argument(
+        "--version", type=int, default=None, help="version number (default: the next free integer)"
+    )
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=Path("model_store"),
+        help="store folder (default: model_store)",
+    )
+    return p
+
+
+def main(args: argparse.Namespace) -> Path:
+    state, source = read_state_dict(args.weights_file)
+    ckpt = checkpoint_from(state)
+    published = args.weights_file is None or source["published"]
+    if not published:
+        log.warning(
+            "%s is not torchvision's published file (sha256 differs); no accuracy figures recorded",
+            args.weights_file,
+        )
+    folder = export_checkpoint(
+        ckpt, store_dir=args.store, name=args.name, version=args.version, source=source,
+        metrics=published_metrics() if published else {},
+    )  # fmt: skip
+    print(f"imported torchvision AlexNet ({WEIGHTS}) as {args.name}:{folder.name} in {folder}")
+    return folder

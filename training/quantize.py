@@ -1,0 +1,204 @@
+"""`alexnet quantize NAME[:VERSION] --calibration DIR`: int8 (CPU) and fp16 (CUDA) files.
+
+    alexnet quantize synth --calibration data/synth/train
+
+Both are written beside `model.onnx` in the same version folder and listed, with their
+sha256, in its manifest; the same input (uint8 images) and outputs (float32 probs, fc7).
+
+- int8: onnxruntime static quantization, QDQ format, per-channel int8 weights and uint8
+  activations (the fast U8S8 kernels on x86), calibrated with min/max ranges on images
+  from DIR. fc8, the last layer, stays in float: it is small, and it decides the ranking.
+  Before it is added, its top-1 agreement and top-5 overlap with fp32 are measured on
+  held-out images of DIR (not used for calibration) and recorded in the manifest; below
+  `--min-agreement` (default 0.99) it is refused.
+- fp16: every float tensor in half precision except the input cast (onnxconverter-common,
+  keep_io_types), for CUDA; its agreement with fp32 is measured the same way on CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+from tqdm import tqdm
+
+from service import store
+from service.model_loader import check_file, session_options
+from training.imaging import load_256
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+class AgreementTooLowError(ValueError):
+    """The quantized model disagrees with fp32 more than allowed."""
+
+
+def collect_images(folder: Path, limit: int, seed: int = 0) -> np.ndarray:
+    """Up to `limit` images under `folder` (recursively), as uint8 (N, 256, 256, 3)."""
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise ValueError(f"no images under {folder}")
+    rng = np.random.default_rng(seed)
+    chosen = [paths[i] for i in sorted(rng.permutation(len(paths))[:limit])]
+    images = []
+    for p in tqdm(chosen, desc="reading images", unit="img"):
+        try:
+            images.append(load_256(p))
+        except OSError as e:
+            log.warning("skipping unreadable image %s: %s", p, e)
+    if len(images) < 4:
+        raise ValueError(f"need at least 4 readable images under {folder}, found {len(images)}")
+    return np.stack(images)
+
+
+class _Batches(CalibrationDataReader):
+    def __init__(self, images: np.ndarray, batch: int = 8) -> None:
+        self._it = iter([images[i : i + batch] for i in range(0, len(images), batch)])
+
+    def get_next(self) -> dict | None:
+        batch = next(self._it, None)
+        return None if batch is None else {store.INPUT_NAME: batch}
+
+
+def run_probs(path: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
+    session = ort.InferenceSession(
+        str(path), session_options(threads), providers=["CPUExecutionProvider"]
+    )
+    return np.concatenate(
+        [
+            session.run(["probs"], {store.INPUT_NAME: images[i : i + 8]})[0]
+            for i in range(0, len(images), 8)
+        ]
+    )
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """Top-1 agreement and mean top-5 overlap of two (N, K) probability arrays."""
+    k = min(5, reference.shape[1])
+    top_ref = np.argsort(-reference, 1)[:, :k]
+    top_cand = np.argsort(-candidate, 1)[:, :k]
+    overlap = [len(set(a) & set(b)) / k for a, b in zip(top_ref, top_cand, strict=True)]
+    return {
+        "top1_agreement": float((top_ref[:, 0] == top_cand[:, 0]).mean()),
+        "top5_overlap": float(np.mean(overlap)),
+        "max_abs_diff_probs": float(np.abs(reference - candidate).max()),
+        "held_out_images": len(reference),
+    }
+
+
+def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
+    model = onnx.load(str(fp32))
+    gemms = [n.name for n in model.graph.node if n.op_type == "Gemm"]
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+        quantize_static(
+            str(prepared), str(out), _Batches(calibration), quant_format=QuantFormat.QDQ,
+            per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+            op_types_to_quantize=["Conv", "Gemm", "MatMul"], nodes_to_exclude=gemms[-1:],
+        )  # fmt: skip
+
+
+def convert_fp16(fp32: Path, out: Path) -> None:
+    from onnxconverter_common import float16
+
+    model = float16.convert_float_to_float16(
+        onnx.load(str(fp32)),
+        keep_io_types=True,  # uint8 in, float32 out, as the contract says
+        op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, "Cast"],  # the uint8 -> float cast stays
+    )
+    onnx.save(model, str(out))
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="alexnet quantize",
+        description="Add model.int8.onnx (static QDQ, for CPU) and model.fp16.onnx (for CUDA) to a "
+        "store version, after measuring their agreement with fp32 on held-out images.",
+    )
+    p.add_argument("model", help="NAME or NAME:VERSION in the store (default version: the latest)")
+    p.add_argument(
+        "--calibration",
+        type=Path,
+        required=True,
+        help="folder of representative images (searched recursively)",
+    )
+    p.add_argument(
+        "--store",
+        type=Path,
+        default=Path("model_store"),
+        help="store folder (default: model_store)",
+    )
+    p.add_argument(
+        "--images", type=int, default=160, help="images read from --calibration (default: 160)"
+    )
+    p.add_argument(
+        "--held-out",
+        type=float,
+        default=0.5,
+        help="share of them kept for measuring agreement (default: 0.5)",
+    )
+    p.add_argument(
+        "--min-agreement",
+        type=float,
+        default=0.99,
+        help="refuse an int8 model whose top-1 agreement with fp32 is lower (default: 0.99)",
+    )
+    p.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["int8", "fp16"],
+        choices=["int8", "fp16"],
+        help="what to make (default: int8 fp16)",
+    )
+    return p
+
+
+def main(args: argparse.Namespace) -> store.Manifest:
+    folder = store.resolve(args.store, args.model)
+    manifest = store.read_manifest(folder)
+    fp32 = check_file(folder, manifest, "fp32")
+    images = collect_images(args.calibration, args.images)
+    n_held = max(2, int(round(len(images) * args.held_out)))
+    calibration, held_out = images[:-n_held], images[-n_held:]
+    log.info("calibration: %d images, held out: %d", len(calibration), len(held_out))
+    reference = run_probs(fp32, held_out)
+    for precision in args.precisions:
+        if precision in manifest.files:
+            log.info("%s already has %s; skipped", manifest.id, precision)
+            continue
+        with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+            out = Path(tmp) / store.FILE_FOR[precision]
+            log.info("making %s", out.name)
+            if precision == "int8":
+                quantize_int8(fp32, out, calibration)
+            else:
+                convert_fp16(fp32, out)
+            details = agreement(reference, run_probs(out, held_out))
+            log.info(
+                "%s vs fp32 on %d held-out images: top-1 agreement %.1f%%, top-5 overlap %.1f%%",
+                precision, len(held_out), 100 * details["top1_agreement"],
+                100 * details["top5_overlap"],
+            )  # fmt: skip
+            if precision == "int8" and details["top1_agreement"] < args.min_agreement:
+                raise AgreementTooLowError(
+                    f"int8 top-1 agreement with fp32 is {details['top1_agreement']:.1%} on "
+                    f"{len(held_out)} held-out images, below --min-agreement "
+                    f"{args.min_agreement:.1%}; "
+                    "not written (try more or more representative --calibration images)"
+                )
+            details["calibration_images"] = len(calibration) if precision == "int8" else 0
+            manifest = store.add_file(folder, precision, out, details)
+        print(
+            f"added {store.FILE_FOR[precision]} to {manifest.id}: top-1 agreement "
+            f"{details['top1_agreement']:.1%}, top-5 overlap {details['top5_overlap']:.1%}"
+        )
+    return manifest
