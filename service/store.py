@@ -169,6 +169,7 @@ def list_models(store: str | Path) -> list[Manifest]:
 
 def write_json_atomic(data: dict, path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.chmod(tmp, 0o644)
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(data, indent=2) + "\n")
         f.flush()
@@ -200,6 +201,7 @@ def publish_version(
         raise FileExistsError(f"{final} exists: versions are never overwritten; omit --version "
                               f"to get the next one ({next_version(store, name)})")  # fmt: skip
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.", suffix=".tmp", dir=parent))
+    tmp.chmod(0o755)  # readable by a service running as another user
     try:
         manifest = fill(tmp, version)
         write_json_atomic(manifest.model_dump(), tmp / MANIFEST)

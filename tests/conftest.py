@@ -43,3 +43,14 @@ def trained_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     out = tmp_path_factory.mktemp("run")
     main(train_args(synth_root, out, "--arch", "bn", "--epochs", "2", "--batch-size", "12"))
     return out
+
+
+@pytest.fixture(scope="session")
+def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`trained_run`'s checkpoint exported to a fresh store as tiny:1; the version folder."""
+    from training.checkpoint import load_checkpoint
+    from training.export import export_checkpoint
+
+    store_dir = tmp_path_factory.mktemp("store")
+    ckpt = load_checkpoint(trained_run / "checkpoint.pt")
+    return export_checkpoint(ckpt, store_dir=store_dir, name="tiny", source={"checkpoint": "test"})

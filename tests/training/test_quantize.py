@@ -1,0 +1,84 @@
+"""`alexnet quantize`: int8 and fp16 files, their agreement with fp32, refusal below the bar."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service import store
+from service.model_loader import load_model
+from training.cli import main as cli
+from training.quantize import agreement
+
+
+@pytest.fixture(scope="module")
+def quantized(exported: Path, synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store_dir = tmp_path_factory.mktemp("qstore")
+    shutil.copytree(exported.parent.parent, store_dir, dirs_exist_ok=True)
+    rc = cli(["quantize", "tiny:1", "--store", str(store_dir), "--calibration", str(synth_root),
+              "--min-agreement", "0"])  # fmt: skip
+    assert rc == 0
+    return store_dir
+
+
+def test_int8_and_fp16_are_listed_with_their_checksums_and_agreement(quantized: Path) -> None:
+    folder = quantized / "tiny" / "1"
+    m = store.read_manifest(folder)
+    assert set(m.files) == {"fp32", "int8", "fp16"}
+    for entry in m.files.values():
+        assert store.sha256_file(folder / entry.file) == entry.sha256
+    assert m.files["int8"].file == "model.int8.onnx" and m.files["fp16"].file == "model.fp16.onnx"
+    int8 = m.files["int8"].details
+    assert int8["held_out_images"] == 24 and int8["calibration_images"] == 24
+    assert 0 <= int8["top1_agreement"] <= 1
+    assert m.files["int8"].bytes < m.files["fp32"].bytes / 3  # int8 weights
+    assert m.files["fp16"].bytes < m.files["fp32"].bytes * 0.6
+
+
+def test_other_precisions_keep_the_contracts_io_and_follow_fp32(
+    quantized: Path, synth_root: Path
+) -> None:
+    from training.quantize import collect_images
+
+    images = collect_images(synth_root / "val", 8)
+    fp32 = load_model(quantized, "tiny:1", precision="fp32", device="cpu")
+    ref_probs, ref_fc7 = fp32.session.run(None, {"images": images})
+    for precision in ("fp16", "int8"):
+        loaded = load_model(quantized, "tiny:1", precision=precision, device="cpu")
+        probs, fc7 = loaded.session.run(None, {"images": images})
+        assert (
+            probs.dtype == np.float32 and probs.shape == ref_probs.shape and fc7.shape == (8, 4096)
+        )
+        tol = 1e-2 if precision == "fp16" else 0.25
+        assert np.abs(probs - ref_probs).max() < tol, precision
+        rel = np.linalg.norm(fc7 - ref_fc7) / np.linalg.norm(ref_fc7)
+        assert rel < (0.01 if precision == "fp16" else 0.2), (precision, rel)
+
+
+def test_below_the_agreement_bar_the_int8_model_is_refused(
+    quantized: Path, synth_root: Path, tmp_path: Path
+) -> None:
+    measured = store.read_manifest(quantized / "tiny" / "1").files["int8"].details["top1_agreement"]
+    fresh = tmp_path / "store"
+    shutil.copytree(quantized, fresh)
+    folder = fresh / "tiny" / "1"
+    (folder / "model.int8.onnx").unlink()
+    m = store.read_manifest(folder)
+    del m.files["int8"]
+    store.write_json_atomic(m.model_dump(), folder / "manifest.json")
+    rc = cli(["quantize", "tiny:1", "--store", str(fresh), "--calibration", str(synth_root),
+              "--precisions", "int8", "--min-agreement", str(measured + 1e-6)])  # fmt: skip
+    assert rc == 1
+    assert "int8" not in store.read_manifest(folder).files
+    assert not (folder / "model.int8.onnx").exists()
+
+
+def test_agreement_measures_top1_and_top5() -> None:
+    ref = np.array([[0.5, 0.2, 0.1, 0.1, 0.05, 0.05], [0.1, 0.6, 0.1, 0.1, 0.05, 0.05]])
+    same = agreement(ref, ref)
+    assert same["top1_agreement"] == 1 and same["top5_overlap"] == 1
+    swapped = agreement(ref, ref[:, ::-1].copy())
+    assert swapped["top1_agreement"] == 0 and swapped["top5_overlap"] == pytest.approx(4 / 5)
