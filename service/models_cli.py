@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from service import store
 
@@ -14,12 +13,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="alexnet models",
         description="List the models in the store: versions, precisions, classes and figures.",
     )
-    p.add_argument(
-        "--store",
-        type=Path,
-        default=Path("model_store"),
-        help="store folder (default: model_store)",
-    )
+    store.add_store_argument(p)
     p.add_argument("--json", action="store_true", help="print the manifests as JSON")
     return p
 

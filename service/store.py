@@ -70,6 +70,16 @@ class Manifest(BaseModel):
         return f"{self.name}:{self.version}"
 
 
+def add_store_argument(parser) -> None:
+    """`--store DIR`, the same in every command that reads or writes the store."""
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=Path("model_store"),
+        help="store folder (default: model_store)",
+    )
+
+
 def contract_io(num_classes: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The input and outputs every exported model has."""
     inputs = [TensorSpec(name=INPUT_NAME, dtype="uint8", shape=["N", 256, 256, 3])]

@@ -208,6 +208,15 @@ def checkpoint_metrics(ckpt: dict) -> dict:
     }
 
 
+def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
+    """--name, --version and --store: where a new model version goes."""
+    parser.add_argument("--name", required=True, help="model name in the store")
+    parser.add_argument(
+        "--version", type=int, default=None, help="version number (default: the next free integer)"
+    )
+    store.add_store_argument(parser)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="alexnet export",
@@ -216,16 +225,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "against PyTorch.",
     )
     p.add_argument("checkpoint", type=Path, help="checkpoint written by `alexnet train`")
-    p.add_argument("--name", required=True, help="model name in the store")
-    p.add_argument(
-        "--version", type=int, default=None, help="version number (default: the next free integer)"
-    )
-    p.add_argument(
-        "--store",
-        type=Path,
-        default=Path("model_store"),
-        help="store folder (default: model_store)",
-    )
+    add_publish_arguments(p)
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root: evaluate DATA/val with one and ten crops and record the "
                    "figures (default: the checkpoint's last validation figures)")  # fmt: skip

@@ -22,7 +22,7 @@ from torchvision.models import AlexNet_Weights
 
 from service import store
 from training import constants as C
-from training.export import export_checkpoint
+from training.export import add_publish_arguments, export_checkpoint
 from training.model import build_model
 
 log = logging.getLogger(__name__)
@@ -101,16 +101,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-file", type=Path, default=None,
                    help=f"a local copy of {Path(WEIGHTS.url).name} (default: download it through "
                    "torchvision's weights API)")  # fmt: skip
-    p.add_argument("--name", required=True, help="model name in the store")
-    p.add_argument(
-        "--version", type=int, default=None, help="version number (default: the next free integer)"
-    )
-    p.add_argument(
-        "--store",
-        type=Path,
-        default=Path("model_store"),
-        help="store folder (default: model_store)",
-    )
+    add_publish_arguments(p)
     return p
 
 

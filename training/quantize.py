@@ -131,12 +131,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         required=True,
         help="folder of representative images (searched recursively)",
     )
-    p.add_argument(
-        "--store",
-        type=Path,
-        default=Path("model_store"),
-        help="store folder (default: model_store)",
-    )
+    store.add_store_argument(p)
     p.add_argument(
         "--images", type=int, default=160, help="images read from --calibration (default: 160)"
     )
