@@ -23,6 +23,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "quantize": ("training.quantize", "add int8 (CPU) and fp16 (CUDA) files to a store version"),
     "models": ("service.models_cli", "list the models in the store"),
+    "serve": ("service.serve_cli", "run the HTTP service (predict, similar, gallery)"),
+    "index": ("service.index_cli", "add a folder of images to the gallery"),
+    "reindex": ("service.reindex_cli", "re-embed the gallery with another model"),
 }
 
 

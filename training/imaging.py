@@ -21,12 +21,9 @@ def open_rgb(
 ) -> Image.Image:
     """Open an image as RGB with its EXIF orientation applied.
 
-    JPEGs are decoded at a reduced scale (Pillow's `draft`) when that still leaves the
-    shorter side at least `draft_size`, which makes large photographs cheap to decode.
-
     Args:
         source: a path, the encoded bytes, or a binary file object.
-        draft_size: the smallest shorter side the reduced decode may produce.
+        draft_size: the smallest shorter side a reduced JPEG decode may produce.
 
     Raises:
         PIL.UnidentifiedImageError, OSError: the data is not a readable image.
@@ -34,13 +31,23 @@ def open_rgb(
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     with Image.open(source) as img:
-        if img.format == "JPEG":
-            # draft picks the largest power-of-two reduction whose result is >= the size given;
-            # ask for the aspect-preserving size whose shorter side is draft_size.
-            scale = draft_size / min(img.size)
-            img.draft("RGB", (round(img.width * scale), round(img.height * scale)))
-        img = ImageOps.exif_transpose(img)
-        return to_rgb(img)
+        return prepare(img, draft_size=draft_size)
+
+
+def prepare(img: Image.Image, *, draft_size: int = IMAGE_SIZE) -> Image.Image:
+    """Decode an opened image: reduced-scale JPEG decode, EXIF orientation, RGB.
+
+    JPEGs are decoded at a reduced scale (Pillow's `draft`) when that still leaves the
+    shorter side at least `draft_size`, which makes large photographs cheap to decode.
+    Only the first frame of an animation is used.
+    """
+    if img.format == "JPEG":
+        # draft picks the largest power-of-two reduction whose result is >= the size given;
+        # ask for the aspect-preserving size whose shorter side is draft_size.
+        scale = draft_size / min(img.size)
+        img.draft("RGB", (round(img.width * scale), round(img.height * scale)))
+    img = ImageOps.exif_transpose(img)
+    return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

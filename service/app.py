@@ -1,0 +1,162 @@
+"""The FastAPI application: assembled here, written in the routers.
+
+    bytes -> decode (thread) -> uint8 256x256 -> Engine (dynamic batching, onnxruntime)
+          -> probs -> top-k (/predict)
+          -> fc7 -> Gallery (FAISS, exact L2) (/similar, /gallery)
+
+The model and the gallery load in the background after start-up: /health/live answers at
+once, /health/ready and the model endpoints answer 503 with Retry-After until both are in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from service import store
+from service.config import Settings
+from service.decode import ImageError
+from service.deps import AppState, NotReadyError
+from service.engine import Engine, OverloadedError
+from service.gallery import Gallery
+from service.model_loader import load_model
+from service.routers import gallery, health, predict
+
+log = logging.getLogger("service")
+
+
+def default_model(settings: Settings) -> str:
+    """ALEXNET_MODEL, or the only model name in the store."""
+    if settings.model:
+        return settings.model
+    names = store.list_names(settings.store)
+    if len(names) != 1:
+        raise FileNotFoundError(
+            f"set ALEXNET_MODEL (or --model): the store {settings.store} holds "
+            f"{', '.join(names) if names else 'no model'}"
+        )
+    return names[0]
+
+
+async def load(state: AppState) -> None:
+    """Load the model and the gallery; on failure record why (shown by /health/ready)."""
+    s = state.settings
+    try:
+        loaded = await run_in_threadpool(
+            load_model,
+            s.store,
+            default_model(s),
+            precision=s.precision,
+            device=s.device,
+            threads=s.threads,
+        )
+        state.metrics.model.info(
+            {"model": loaded.id, "precision": loaded.precision, "provider": loaded.provider}
+        )
+        engine = Engine(
+            loaded,
+            max_batch=s.max_batch,
+            max_wait_ms=s.max_wait_ms,
+            max_queue=s.max_queue,
+            on_batch=state.metrics.observe_batch,
+        )
+        await engine.start()
+        digest = loaded.manifest.files[loaded.precision].sha256
+        state.gallery = await run_in_threadpool(
+            Gallery.open, s.gallery, model_sha256=digest, model_id=f"{loaded.id}/{loaded.precision}"
+        )
+        state.metrics.gallery_items.set(len(state.gallery))
+        state.engine = engine
+        log.info(
+            "ready: %s (%s) on %s; gallery %s with %d items",
+            loaded.id,
+            loaded.precision,
+            loaded.provider,
+            s.gallery,
+            len(state.gallery),
+        )
+    except Exception as e:  # noqa: BLE001 - stay up and say why in /health/ready
+        state.failure = f"{type(e).__name__}: {e}"
+        log.error("not ready: %s", state.failure)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    state = AppState(settings=settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        task = asyncio.create_task(load(state))
+        yield
+        task.cancel()
+        if state.engine is not None:
+            await state.engine.stop()
+        if state.gallery is not None:
+            state.gallery.close()
+
+    app = FastAPI(
+        title="AlexNet classification and similarity service",
+        description="Top-k labels and FC7 similarity search with the ten-crop AlexNet "
+        "of the model store.",
+        version="1.0",
+        lifespan=lifespan,
+    )
+    app.state.alexnet = state
+    app.include_router(predict.router)
+    app.include_router(gallery.router)
+    app.include_router(health.router)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        start = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (
+            not length.isdigit() or int(length) > settings.max_request_bytes
+        ):
+            response = JSONResponse(
+                {"detail": f"request body larger than {settings.max_request_bytes} bytes"},
+                status_code=413,
+            )
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        endpoint = route.path if route is not None else "unmatched"
+        elapsed = time.perf_counter() - start
+        state.metrics.requests.labels(request.method, endpoint, str(response.status_code)).inc()
+        state.metrics.latency.labels(endpoint).observe(elapsed)
+        response.headers["X-Request-ID"] = request_id
+        log.info(
+            "request_id=%s %s %s -> %d in %.1f ms",
+            request_id,
+            request.method,
+            request.url.path,
+            response.status_code,
+            1000 * elapsed,
+        )
+        return response
+
+    @app.exception_handler(ImageError)
+    async def image_error(_: Request, e: ImageError) -> JSONResponse:
+        return JSONResponse({"detail": e.detail}, status_code=e.status_code)
+
+    @app.exception_handler(OverloadedError)
+    async def overloaded(_: Request, e: OverloadedError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"overloaded: {e}"}, status_code=503, headers={"Retry-After": "1"}
+        )
+
+    @app.exception_handler(NotReadyError)
+    async def not_ready(_: Request, e: NotReadyError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"not ready: {e}"}, status_code=503, headers={"Retry-After": "5"}
+        )
+
+    return app

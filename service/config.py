@@ -1,0 +1,67 @@
+"""Service settings: one pydantic-settings object, from ALEXNET_* variables or `alexnet serve`."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from service.model_loader import DEVICES, PRECISIONS
+
+
+class Settings(BaseSettings):
+    """Every field is also the environment variable ALEXNET_<FIELD> (e.g. ALEXNET_PORT)."""
+
+    model_config = SettingsConfigDict(env_prefix="ALEXNET_", extra="ignore")
+
+    store: Path = Field(Path("model_store"), description="model store folder")
+    model: str | None = Field(
+        None, description="NAME[:VERSION]; default: the only model in the store"
+    )
+    precision: str = Field("auto", description="auto, fp32, fp16 or int8")
+    device: str = Field("auto", description="auto, cuda or cpu")
+    threads: int | None = Field(
+        None, ge=1, description="onnxruntime intra-op threads (default: onnxruntime's)"
+    )
+    gallery: Path = Field(Path("gallery"), description="gallery folder (vectors, images, database)")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=1, le=65535, description="port to listen on")
+    api_key: SecretStr | None = Field(
+        None, description="when set, gallery writes need 'Authorization: Bearer <key>'"
+    )
+
+    max_batch: int = Field(8, ge=1, le=256, description="images per engine call")
+    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill up")
+    max_queue: int = Field(64, ge=1, description="images waiting for the engine; beyond it 503")
+    max_images_per_request: int = Field(16, ge=1, description="image parts in one request")
+    max_image_bytes: int = Field(20 * 2**20, ge=1024, description="bytes of one uploaded image")
+    max_image_pixels: int = Field(40_000_000, ge=65_536, description="pixels of one uploaded image")
+    max_metadata_bytes: int = Field(
+        16_384, ge=2, description="bytes of a gallery item's metadata JSON"
+    )
+
+    @field_validator("precision")
+    @classmethod
+    def _precision(cls, v: str) -> str:
+        if v not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in DEVICES:
+            raise ValueError(f"device must be one of {', '.join(DEVICES)}")
+        return v
+
+    @property
+    def max_request_bytes(self) -> int:
+        """A request larger than this is refused from its Content-Length, before it is read."""
+        return self.max_images_per_request * self.max_image_bytes + self.max_metadata_bytes + 65_536
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,156 @@
+"""The inference engine: one onnxruntime session behind a dynamic batcher.
+
+Lifecycle (as a Triton backend): `start()` once, `infer()` per request, `stop()` at the end.
+Batch contract: a request is one or more uint8 (256, 256, 3) images; the engine answers
+every request with exactly its own rows of `probs` and `fc7`, in order. Concurrent
+requests are concatenated into one session call of at most `max_batch` images (a request
+is never split; a request larger than `max_batch` runs alone), gathered for at most
+`max_wait_ms`. At most `max_queue` images wait; beyond that `infer` raises `OverloadedError`
+at once instead of letting the queue grow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.model_loader import LoadedModel
+
+
+class OverloadedError(RuntimeError):
+    """The queue is full: answer 503 with Retry-After."""
+
+
+@dataclass
+class _Request:
+    images: np.ndarray  # (n, 256, 256, 3) uint8
+    future: asyncio.Future = field(repr=False)
+
+
+class Engine:
+    """Dynamic batching over `loaded.session`.
+
+    Args:
+        loaded: the model, from `service.model_loader.load_model`.
+        max_batch: images per session call.
+        max_wait_ms: how long the first request of a batch waits for company.
+        max_queue: images allowed to wait.
+        on_batch: called with (images in the batch, seconds of inference) after each call.
+    """
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        max_batch: int = 8,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 64,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> None:
+        self.loaded = loaded
+        self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
+        self.on_batch = on_batch
+        self._pending: deque[_Request] = deque()
+        self._queued_images = 0
+        self._wakeup: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        # one thread: the session already spreads one call over its intra-op threads
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+
+    @property
+    def queue_depth(self) -> int:
+        """Images waiting for the engine."""
+        return self._queued_images
+
+    def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One synchronous session call, no batching (tools and tests use it)."""
+        probs, fc7 = self.loaded.session.run(["probs", "fc7"], {"images": images})
+        return probs, fc7
+
+    async def start(self) -> None:
+        self._wakeup = asyncio.Event()
+        self._task = asyncio.create_task(self._loop(), name="engine-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for req in self._pending:
+            if not req.future.done():
+                req.future.set_exception(OverloadedError("the service is shutting down"))
+        self._pending.clear()
+        self._executor.shutdown(wait=True)
+
+    async def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(n, 256, 256, 3) uint8 -> probs (n, K), fc7 (n, 4096), batched with other requests."""
+        if self._task is None or self._wakeup is None:
+            raise RuntimeError("Engine.start() was not called")
+        n = len(images)
+        if self._queued_images + n > self.max_queue and self._queued_images > 0:
+            raise OverloadedError(
+                f"{self._queued_images} images are waiting for the engine (limit {self.max_queue})"
+            )
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append(_Request(images, future))
+        self._queued_images += n
+        self._wakeup.set()
+        return await future
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            deadline = loop.time() + self.max_wait
+            while self._waiting_images() < self.max_batch and (left := deadline - loop.time()) > 0:
+                self._wakeup.clear()
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), left)
+                except TimeoutError:
+                    break
+            batch = self._take_batch()
+            images = (
+                batch[0].images if len(batch) == 1 else np.concatenate([r.images for r in batch])
+            )
+            start = time.perf_counter()
+            try:
+                probs, fc7 = await loop.run_in_executor(self._executor, self.run, images)
+            except Exception as e:  # noqa: BLE001 - every request gets its answer, even a failure
+                for req in batch:
+                    if not req.future.done():
+                        req.future.set_exception(e)
+                continue
+            finally:
+                self._queued_images -= len(images)
+            if self.on_batch is not None:
+                self.on_batch(len(images), time.perf_counter() - start)
+            row = 0
+            for req in batch:
+                n = len(req.images)
+                if not req.future.done():  # a cancelled request (client gone) needs no answer
+                    req.future.set_result((probs[row : row + n], fc7[row : row + n]))
+                row += n
+
+    def _waiting_images(self) -> int:
+        return sum(len(r.images) for r in self._pending)
+
+    def _take_batch(self) -> list[_Request]:
+        """Requests from the front, whole, up to max_batch images (at least one request)."""
+        batch = [self._pending.popleft()]
+        count = len(batch[0].images)
+        while self._pending and count + len(self._pending[0].images) <= self.max_batch:
+            req = self._pending.popleft()
+            batch.append(req)
+            count += len(req.images)
+        return batch

@@ -1,0 +1,139 @@
+"""The gallery: add images (their fc7 vectors), list, fetch, delete, and search by similarity."""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response, UploadFile
+from fastapi.responses import FileResponse
+from starlette.concurrency import run_in_threadpool
+
+from service.deps import ApiKeyDep, EngineDep, GalleryDep, SettingsDep, StateDep
+from service.gallery import NewItem
+from service.schemas import (
+    AddResponse,
+    GalleryItem,
+    GalleryPage,
+    ItemRef,
+    Neighbor,
+    SimilarResponse,
+)
+from service.uploads import read_images
+
+router = APIRouter(tags=["gallery"])
+ItemId = Annotated[str, Path(description="the id returned by POST /gallery")]
+
+
+def _neighbors(found) -> SimilarResponse:
+    return SimilarResponse(neighbors=[
+        Neighbor(id=n.id, distance=n.distance, label=n.label, metadata=n.metadata) for n in found
+    ])  # fmt: skip
+
+
+def _item(item) -> GalleryItem:
+    return GalleryItem(
+        id=item.id, label=item.label, metadata=item.metadata, created_at=item.created_at,
+        image_url=f"/gallery/{item.id}/image",
+    )  # fmt: skip
+
+
+def _parse_metadata(metadata: str | None, limit: int) -> dict:
+    if metadata is None or metadata == "":
+        return {}
+    if len(metadata.encode("utf-8", "surrogatepass")) > limit:
+        raise HTTPException(413, f"metadata is larger than {limit} bytes")
+    try:
+        value = json.loads(metadata)
+    except ValueError as e:
+        raise HTTPException(422, f"metadata is not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise HTTPException(422, "metadata must be a JSON object")
+    return value
+
+
+@router.post("/similar", response_model=SimilarResponse, tags=["similar"])
+async def similar(
+    state: StateDep,
+    engine: EngineDep,
+    gallery: GalleryDep,
+    settings: SettingsDep,
+    image: Annotated[UploadFile, File(description="the query image")],
+    k: Annotated[int, Query(ge=1, le=1000, description="neighbours to return")] = 10,
+) -> SimilarResponse:
+    uploads = await read_images([image], settings, state.metrics)
+    _, fc7 = await engine.infer(uploads.pixels)
+    return _neighbors(await run_in_threadpool(gallery.search, fc7[0], k))
+
+
+@router.post("/gallery", status_code=201, response_model=AddResponse, dependencies=[ApiKeyDep])
+async def add(
+    state: StateDep,
+    engine: EngineDep,
+    gallery: GalleryDep,
+    settings: SettingsDep,
+    image: Annotated[list[UploadFile], File(description="one or more images (repeat the part)")],
+    label: Annotated[str | None, Form(max_length=200, description="label of every image")] = None,
+    metadata: Annotated[
+        str | None, Form(description="a JSON object stored with every image")
+    ] = None,
+) -> AddResponse:
+    meta = _parse_metadata(metadata, settings.max_metadata_bytes)
+    uploads = await read_images(image, settings, state.metrics)
+    _, fc7 = await engine.infer(uploads.pixels)
+    items = [
+        NewItem(image_bytes=data, image_ext=ext, vector=vector, label=label, metadata=meta)
+        for data, ext, vector in zip(uploads.raw, uploads.extensions, fc7, strict=True)
+    ]
+    ids = await run_in_threadpool(gallery.add, items)  # durable when it returns
+    state.metrics.gallery_items.set(len(gallery))
+    return AddResponse(items=[ItemRef(id=i) for i in ids])
+
+
+@router.get("/gallery", response_model=GalleryPage)
+async def list_items(
+    gallery: GalleryDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> GalleryPage:
+    items, total = await run_in_threadpool(gallery.list, offset, limit)
+    return GalleryPage(items=[_item(i) for i in items], total=total, offset=offset, limit=limit)
+
+
+@router.get("/gallery/{item_id}", response_model=GalleryItem)
+async def get_item(gallery: GalleryDep, item_id: ItemId) -> GalleryItem:
+    item = await run_in_threadpool(gallery.get, item_id)
+    if item is None:
+        raise HTTPException(404, f"no gallery item {item_id!r}")
+    return _item(item)
+
+
+@router.get("/gallery/{item_id}/image", response_class=FileResponse)
+async def get_image(gallery: GalleryDep, item_id: ItemId) -> FileResponse:
+    path = await run_in_threadpool(gallery.image_path, item_id)
+    if path is None:
+        raise HTTPException(404, f"no gallery item {item_id!r}")
+    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+    return FileResponse(path, media_type=media_type)
+
+
+@router.delete("/gallery/{item_id}", status_code=204, dependencies=[ApiKeyDep])
+async def delete_item(state: StateDep, gallery: GalleryDep, item_id: ItemId) -> Response:
+    if not await run_in_threadpool(gallery.remove, item_id):
+        raise HTTPException(404, f"no gallery item {item_id!r}")
+    state.metrics.gallery_items.set(len(gallery))
+    return Response(status_code=204)
+
+
+@router.get("/gallery/{item_id}/similar", response_model=SimilarResponse)
+async def similar_to_item(
+    gallery: GalleryDep,
+    item_id: ItemId,
+    k: Annotated[int, Query(ge=1, le=1000)] = 10,
+    exclude_self: Annotated[bool, Query(description="leave the item itself out")] = True,
+) -> SimilarResponse:
+    found = await run_in_threadpool(gallery.search_by_id, item_id, k, exclude_self)
+    if found is None:
+        raise HTTPException(404, f"no gallery item {item_id!r}")
+    return _neighbors(found)
