@@ -1,0 +1,99 @@
+"""A real `alexnet serve` process on a loopback port, with a model exported in this session."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+API_KEY = "test-key-123"
+REPO = Path(__file__).parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_server(
+    store: Path, gallery: Path, wait_ready: bool = True, **env: str
+) -> Iterator[str]:
+    """Start `alexnet serve` on a free loopback port; yield its base URL; stop it."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        "ALEXNET_STORE": str(store),
+        "ALEXNET_GALLERY": str(gallery),
+        "ALEXNET_PORT": str(port),
+        "ALEXNET_HOST": "127.0.0.1",
+        "ALEXNET_THREADS": "2",
+        **{f"ALEXNET_{k.upper()}": v for k, v in env.items()},
+    }
+    log = open(gallery.parent / f"server-{port}.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "training.cli", "serve"],
+        env=environ,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        path = "/health/ready" if wait_ready else "/health/live"
+        while True:
+            assert proc.poll() is None, (gallery.parent / f"server-{port}.log").read_text()[-3000:]
+            try:
+                if httpx.get(url + path, timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server did not become ready"
+            time.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def sample_images(synth_root: Path) -> list[tuple[str, bytes]]:
+    """(class name, file bytes) of the validation images, one JPEG or PNG file each."""
+    return [(p.parent.name, p.read_bytes()) for p in sorted((synth_root / "val").rglob("*.*"))]
+
+
+@pytest.fixture(scope="module")
+def server(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A server with an API key, small limits and an empty gallery."""
+    gallery = tmp_path_factory.mktemp("server") / "gallery"
+    with running_server(
+        exported.parent.parent,
+        gallery,
+        api_key=API_KEY,
+        max_image_bytes="2000000",
+        max_image_pixels="4000000",
+        max_images_per_request="4",
+    ) as url:
+        yield url

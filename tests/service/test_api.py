@@ -1,0 +1,258 @@
+"""The HTTP API against a real server on loopback (see conftest.py)."""
+
+from __future__ import annotations
+
+import io
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.decode import decode
+from service.model_loader import load_model
+from tests.service.conftest import API_KEY, encode
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def _predict(url: str, images: list[bytes], **params) -> httpx.Response:
+    files = [("image", (f"img{i}", data)) for i, data in enumerate(images)]
+    return httpx.post(f"{url}/predict", files=files, params=params, timeout=60)
+
+
+def test_top5_is_the_engines_own_output(server: str, exported: Path, sample_images) -> None:
+    engine = load_model(exported.parent.parent, "tiny", precision="fp32", device="cpu")
+    for _, data in sample_images[:3]:
+        r = _predict(server, [data], top_k=5, embedding="true")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == "tiny:1"
+        (result,) = body["results"]
+        probs, fc7 = engine.session.run(
+            None, {"images": decode(data, max_bytes=10**8, max_pixels=10**9)[0][None]}
+        )
+        expected = np.argsort(-probs[0], kind="stable")[:4]  # 4 classes: top_k is capped at 4
+        assert [p["index"] for p in result["predictions"]] == expected.tolist()
+        assert [p["label"] for p in result["predictions"]] == [
+            engine.manifest.labels[i] for i in expected
+        ]
+        np.testing.assert_allclose(
+            [p["probability"] for p in result["predictions"]], probs[0][expected], rtol=1e-5
+        )
+        np.testing.assert_allclose(result["embedding"], fc7[0], rtol=1e-4, atol=1e-4)
+
+
+def test_batched_and_concurrent_requests_answer_like_single_ones(
+    server: str, sample_images
+) -> None:
+    datas = [d for _, d in sample_images[:4]]
+    singles = [_predict(server, [d], top_k=3).json()["results"][0] for d in datas]
+    batched = _predict(server, datas, top_k=3).json()["results"]  # upload order kept
+    with ThreadPoolExecutor(8) as pool:
+        concurrent = list(
+            pool.map(lambda d: _predict(server, [d], top_k=3).json()["results"][0], datas * 2)
+        )
+    for got in (batched, concurrent[:4], concurrent[4:]):
+        for one, other in zip(singles, got, strict=True):
+            assert [p["index"] for p in one["predictions"]] == [
+                p["index"] for p in other["predictions"]
+            ]
+            np.testing.assert_allclose(
+                [p["probability"] for p in one["predictions"]],
+                [p["probability"] for p in other["predictions"]],
+                rtol=1e-4,
+                atol=1e-6,
+            )
+    assert "embedding" not in singles[0]
+
+
+def _truncated_jpeg() -> bytes:
+    data = encode(Image.effect_noise((300, 300), 60).convert("RGB"), "JPEG")
+    return data[: len(data) // 2]
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "fragment"),
+    [
+        ([("image", ("empty.jpg", b""))], 400, "empty"),
+        ([("image", ("notes.jpg", b"just some text, renamed"))], 415, "not an image"),
+        ([("image", ("cut.jpg", _truncated_jpeg()))], 422, "truncated or corrupt"),
+        ([("image", ("big.png", encode(Image.new("RGB", (2100, 2000)), "PNG")))], 413, "pixels"),
+        (
+            [
+                (
+                    "image",
+                    ("huge.bmp", encode(Image.effect_noise((900, 900), 50).convert("RGB"), "BMP")),
+                )
+            ],
+            413,
+            "bytes",
+        ),
+        ([("image", ("doc.pdf", encode(Image.new("RGB", (50, 50)), "PDF")))], 415, ""),
+        ([("picture", ("a.png", encode(Image.new("RGB", (50, 50)), "PNG")))], 422, "image"),
+        (
+            [("image", (f"{i}.png", encode(Image.new("RGB", (50, 50)), "PNG"))) for i in range(5)],
+            413,
+            "limit is 4",
+        ),
+    ],
+    ids=[
+        "empty",
+        "text",
+        "truncated",
+        "too-many-pixels",
+        "too-many-bytes",
+        "pdf",
+        "wrong-field",
+        "too-many-parts",
+    ],
+)
+def test_bad_uploads_get_the_documented_4xx(server: str, files, status: int, fragment: str) -> None:
+    r = httpx.post(f"{server}/predict", files=files, timeout=60)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert fragment in str(detail)
+    assert httpx.get(f"{server}/health/live").status_code == 200
+
+
+def test_bad_query_values_are_422(server: str, sample_images) -> None:
+    data = sample_images[0][1]
+    for params in ({"top_k": 0}, {"top_k": "five"}, {"embedding": "maybe"}):
+        r = _predict(server, [data], **params)
+        assert r.status_code == 422, (params, r.text)
+
+
+def test_gallery_round_trip(server: str, sample_images) -> None:
+    (label, data), (label2, data2) = sample_images[0], sample_images[5]
+    r = httpx.post(
+        f"{server}/gallery",
+        files=[("image", ("a.png", data))],
+        data={"label": label, "metadata": '{"source": "test", "n": 1}'},
+        headers=AUTH,
+        timeout=60,
+    )
+    assert r.status_code == 201, r.text
+    (item,) = r.json()["items"]
+    r = httpx.post(
+        f"{server}/gallery", files=[("image", ("b", data2))], data={"label": label2}, headers=AUTH
+    )
+    other = r.json()["items"][0]["id"]
+
+    got = httpx.get(f"{server}/gallery/{item['id']}").json()
+    assert got["label"] == label and got["metadata"] == {"source": "test", "n": 1}
+    assert httpx.get(f"{server}/gallery/{item['id']}/image").content == data
+    page = httpx.get(f"{server}/gallery", params={"limit": 500}).json()
+    assert item["id"] in [i["id"] for i in page["items"]] and page["total"] >= 2
+
+    near = httpx.post(f"{server}/similar", files=[("image", ("q", data))], params={"k": 2}).json()[
+        "neighbors"
+    ]
+    assert near[0]["id"] == item["id"] and near[0]["distance"] == pytest.approx(0, abs=1e-3)
+    assert near[0]["label"] == label and near[0]["metadata"]["source"] == "test"
+    assert all(a["distance"] <= b["distance"] for a, b in zip(near, near[1:], strict=False))
+    by_id = httpx.get(f"{server}/gallery/{item['id']}/similar", params={"k": 5}).json()["neighbors"]
+    assert item["id"] not in [n["id"] for n in by_id] and other in [n["id"] for n in by_id]
+
+    assert httpx.delete(f"{server}/gallery/{item['id']}", headers=AUTH).status_code == 204
+    assert httpx.get(f"{server}/gallery/{item['id']}").status_code == 404
+    near = httpx.post(f"{server}/similar", files=[("image", ("q", data))], params={"k": 50}).json()[
+        "neighbors"
+    ]
+    assert item["id"] not in [n["id"] for n in near]
+    assert httpx.delete(f"{server}/gallery/{item['id']}", headers=AUTH).status_code == 404
+
+
+def test_euclidean_distances_are_those_of_the_fc7_vectors(server: str, sample_images) -> None:
+    datas = [d for _, d in sample_images[6:9]]
+    ids = httpx.post(
+        f"{server}/gallery",
+        files=[("image", (f"{i}", d)) for i, d in enumerate(datas)],
+        headers=AUTH,
+        timeout=60,
+    ).json()["items"]
+    vectors = [
+        _predict(server, [d], embedding="true").json()["results"][0]["embedding"] for d in datas
+    ]
+    near = httpx.get(f"{server}/gallery/{ids[0]['id']}/similar", params={"k": 500}).json()[
+        "neighbors"
+    ]
+    by_id = {n["id"]: n["distance"] for n in near}
+    for j in (1, 2):
+        expected = float(np.linalg.norm(np.subtract(vectors[0], vectors[j])))
+        assert by_id[ids[j]["id"]] == pytest.approx(expected, rel=1e-4, abs=1e-3)
+
+
+def test_gallery_writes_need_the_api_key(server: str, sample_images) -> None:
+    files = [("image", ("a", sample_images[0][1]))]
+    before = httpx.get(f"{server}/gallery").json()["total"]
+    assert httpx.post(f"{server}/gallery", files=files).status_code == 401
+    r = httpx.post(f"{server}/gallery", files=files, headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+    assert httpx.delete(f"{server}/gallery/{'0' * 32}").status_code == 401
+    assert httpx.get(f"{server}/gallery").json()["total"] == before
+
+
+@pytest.mark.parametrize("item_id", ["..%2F..%2Fetc%2Fpasswd", "1%20OR%201=1", "0" * 32, "ABC"])
+def test_unknown_or_hostile_ids_are_404(server: str, item_id: str) -> None:
+    for path in (f"/gallery/{item_id}", f"/gallery/{item_id}/image", f"/gallery/{item_id}/similar"):
+        r = httpx.get(server + path)
+        assert r.status_code == 404, (path, r.status_code)
+        assert "detail" in r.json()
+
+
+def test_bad_metadata_is_refused_and_changes_nothing(server: str, sample_images) -> None:
+    before = httpx.get(f"{server}/gallery").json()["total"]
+    files = [("image", ("a", sample_images[0][1]))]
+    for meta, status in (
+        ("[1, 2]", 422),
+        ("{not json", 422),
+        ('{"x": "' + "y" * 20000 + '"}', 413),
+    ):
+        r = httpx.post(f"{server}/gallery", files=files, data={"metadata": meta}, headers=AUTH)
+        assert r.status_code == status, (meta[:20], r.text)
+    assert httpx.get(f"{server}/gallery").json()["total"] == before
+
+
+def test_health_models_metrics_and_docs(server: str) -> None:
+    assert httpx.get(f"{server}/health/ready").json() == {"status": "ready", "model": "tiny:1"}
+    models = httpx.get(f"{server}/models").json()
+    assert (
+        models["loaded"]["id"] == "tiny:1"
+        and models["loaded"]["provider"] == "CPUExecutionProvider"
+    )
+    assert models["available"] == ["tiny:1"]
+    text = httpx.get(f"{server}/metrics").text
+    assert 'alexnet_requests_total{endpoint="/predict",method="POST",status="200"}' in text
+    assert "alexnet_batch_images_bucket" in text and "alexnet_gallery_items" in text
+    assert (
+        'alexnet_model_info{model="tiny:1",precision="fp32",provider="CPUExecutionProvider"}'
+        in text
+    )
+    schema = httpx.get(f"{server}/openapi.json").json()
+    assert {"/predict", "/similar", "/gallery", "/gallery/{item_id}"} <= schema["paths"].keys()
+    assert httpx.get(f"{server}/docs").status_code == 200
+
+
+def test_request_larger_than_the_limit_is_refused_before_reading(server: str) -> None:
+    """A 10 GB Content-Length is answered 413 after the headers, without sending the body."""
+    host, port = server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n"
+            b"Content-Type: multipart/form-data; boundary=abc\r\n\r\n"
+        )
+        answer = sock.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 413"), answer[:200]
+
+
+def test_decoded_pixels_match_the_training_preprocessing(sample_images) -> None:
+    from training.imaging import load_256
+
+    for _, data in sample_images[:4]:
+        assert np.array_equal(
+            decode(data, max_bytes=10**8, max_pixels=10**9)[0], load_256(io.BytesIO(data))
+        )

@@ -1,0 +1,345 @@
+"""The gallery: storage round trips, exact Euclidean search, durability, model binding."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.gallery import (
+    Gallery,
+    GalleryLockedError,
+    GalleryModelMismatchError,
+    NewItem,
+    stored_model,
+)
+
+DIM = 4096
+MODEL_A = {"model_sha256": "a" * 64, "model_id": "synth:1"}
+MODEL_B = {"model_sha256": "b" * 64, "model_id": "synth:2"}
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _vectors(n: int, seed: int = 0) -> np.ndarray:
+    """FC7-like vectors: non-negative float32, (n, DIM)."""
+    return np.random.default_rng(seed).random((n, DIM), dtype=np.float32)
+
+
+def _new(vector: np.ndarray, i: int = 0) -> NewItem:
+    return NewItem(
+        image_bytes=f"\xff\xd8 image {i}".encode() + bytes(range(256)),
+        image_ext=".jpg",
+        vector=vector,
+        label=f"class{i % 3}",
+        metadata={"i": i, "tags": ["a", "b"], "note": "ünïcode"},
+    )
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(p.name for p in (root / "images").iterdir())
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "gallery"
+
+
+@pytest.fixture
+def gallery(root: Path) -> Iterator[Gallery]:
+    with Gallery.open(root, **MODEL_A) as g:
+        yield g
+
+
+def test_add_get_list_remove_round_trip(gallery: Gallery, root: Path) -> None:
+    vectors = _vectors(5)
+    new = [_new(v, i) for i, v in enumerate(vectors)]
+    ids = gallery.add(new)
+    assert len(ids) == 5 and len(set(ids)) == 5 and len(gallery) == 5
+    assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in ids)
+    assert (root / "gallery.sqlite3").is_file()
+
+    item = gallery.get(ids[2])
+    assert item is not None and item.vector is None
+    assert (item.id, item.label, item.metadata) == (ids[2], "class2", new[2].metadata)
+    assert item.image_file == root / "images" / f"{ids[2]}.jpg"
+    assert item.image_file.read_bytes() == new[2].image_bytes
+    assert gallery.image_path(ids[2]) == item.image_file
+    assert item.created_at and len(item.image_sha256 or "") == 64
+    full = gallery.get(ids[2], with_vector=True)
+    assert full is not None and full.vector is not None
+    np.testing.assert_array_equal(full.vector, vectors[2])
+
+    items, total = gallery.list()
+    assert total == 5 and [i.id for i in items] == ids
+
+    assert gallery.remove(ids[1]) is True
+    assert gallery.get(ids[1]) is None and gallery.image_path(ids[1]) is None
+    assert not (root / "images" / f"{ids[1]}.jpg").exists()
+    assert gallery.remove(ids[1]) is False
+    items, total = gallery.list()
+    assert total == 4 and [i.id for i in items] == [ids[0], *ids[2:]]
+    assert len(gallery) == 4
+
+
+def test_list_pages_in_insertion_order(gallery: Gallery) -> None:
+    ids = gallery.add([_new(v, i) for i, v in enumerate(_vectors(7))])
+    ids += gallery.add([_new(v, i) for i, v in enumerate(_vectors(5, seed=1))])
+    pages = [gallery.list(offset, 5) for offset in (0, 5, 10, 15)]
+    assert [total for _, total in pages] == [12, 12, 12, 12]
+    assert [len(page) for page, _ in pages] == [5, 5, 2, 0]
+    assert [item.id for page, _ in pages for item in page] == ids
+    with pytest.raises(ValueError):
+        gallery.list(-1, 5)
+
+
+def test_label_none_and_empty_metadata(gallery: Gallery) -> None:
+    [item_id] = gallery.add([NewItem(b"png", ".PNG", _vectors(1)[0])])
+    item = gallery.get(item_id)
+    assert item is not None
+    assert (item.label, item.metadata, item.image_file.suffix) == (None, {}, ".png")
+
+
+def test_search_distances_are_euclidean(gallery: Gallery) -> None:
+    vectors = _vectors(30)
+    ids = gallery.add([_new(v, i) for i, v in enumerate(vectors)])
+    query = _vectors(1, seed=99)[0]
+    # Computed independently, in float64.
+    expected = np.linalg.norm(vectors.astype(np.float64) - query.astype(np.float64), axis=1)
+    order = np.argsort(expected)
+
+    neighbors = gallery.search(query, k=10)
+    assert [n.id for n in neighbors] == [ids[i] for i in order[:10]]
+    np.testing.assert_allclose([n.distance for n in neighbors], expected[order[:10]], rtol=1e-5)
+    assert [n.distance for n in neighbors] == sorted(n.distance for n in neighbors)
+    assert neighbors[0].label == f"class{order[0] % 3}"
+    assert neighbors[0].metadata["i"] == order[0]
+
+    # An item's own vector finds itself first, at distance ~0.
+    for i in (0, 17):
+        first = gallery.search(vectors[i], k=3)[0]
+        assert first.id == ids[i] and first.distance == pytest.approx(0.0, abs=1e-3)
+
+
+def test_search_edges(gallery: Gallery) -> None:
+    query = _vectors(1, seed=5)[0]
+    assert gallery.search(query, k=5) == []
+    ids = gallery.add([_new(v, i) for i, v in enumerate(_vectors(4))])
+    assert sorted(n.id for n in gallery.search(query, k=50)) == sorted(ids)
+
+    by_id = gallery.search_by_id(ids[0], k=2)
+    assert by_id is not None and by_id[0].id == ids[0] and len(by_id) == 2
+    without = gallery.search_by_id(ids[0], k=10, exclude_self=True)
+    assert without is not None and sorted(n.id for n in without) == sorted(ids[1:])
+    assert gallery.search_by_id("0" * 32, k=3) is None
+
+    for bad in (np.zeros(DIM - 1, np.float32), np.full(DIM, np.nan, np.float32)):
+        with pytest.raises(ValueError):
+            gallery.search(bad, k=1)
+    with pytest.raises(ValueError):
+        gallery.search(query, k=0)
+
+
+def test_exclude_self_with_an_exact_duplicate(gallery: Gallery) -> None:
+    vector = _vectors(1)[0]
+    first, twin = gallery.add([_new(vector, 0), _new(vector, 1)])
+    neighbors = gallery.search_by_id(first, k=1, exclude_self=True)
+    assert neighbors is not None and [n.id for n in neighbors] == [twin]
+
+
+def test_remove_takes_effect_immediately(gallery: Gallery) -> None:
+    vectors = _vectors(6)
+    ids = gallery.add([_new(v, i) for i, v in enumerate(vectors)])
+    assert gallery.search(vectors[3], k=1)[0].id == ids[3]
+    assert gallery.remove(ids[3])
+    assert ids[3] not in [n.id for n in gallery.search(vectors[3], k=10)]
+    assert len(gallery.search(vectors[3], k=10)) == 5
+    assert gallery.list()[1] == 5
+    assert gallery.remove(ids[3]) is False
+
+
+def test_reopen_gives_same_items_and_results(root: Path) -> None:
+    vectors, query = _vectors(12), _vectors(1, seed=3)[0]
+    with Gallery.open(root, **MODEL_A) as g:
+        ids = g.add([_new(v, i) for i, v in enumerate(vectors)])
+        g.remove(ids[4])
+        before = g.search(query, k=20)
+        listed = g.list()
+    with Gallery.open(root, **MODEL_A) as g:
+        assert len(g) == 11 and g.list() == listed
+        assert g.search(query, k=20) == before
+        assert g.model_id == "synth:1" and g.model_sha256 == "a" * 64
+
+
+CRASH_CHILD = """
+import os, signal, sys
+import numpy as np
+from service.gallery import Gallery, NewItem
+g = Gallery.open(sys.argv[1], model_sha256="a" * 64, model_id="synth:1")
+vectors = np.random.default_rng(7).random((6, 4096), dtype=np.float32)
+for batch in (vectors[:2], vectors[2:5], vectors[5:]):
+    ids = g.add([NewItem(b"bytes", ".jpg", v) for v in batch])
+    print(*ids, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)  # no close(), no atexit, no flush of anything else
+"""
+
+
+def test_added_items_survive_sigkill(root: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASH_CHILD, str(root)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    ids = proc.stdout.split()
+    assert len(ids) == 6
+    vectors = np.random.default_rng(7).random((6, DIM), dtype=np.float32)
+    with Gallery.open(root, **MODEL_A) as g:
+        assert len(g) == 6
+        for item_id, vector in zip(ids, vectors, strict=True):
+            item = g.get(item_id)
+            assert item is not None and item.image_file.read_bytes() == b"bytes"
+            first = g.search(vector, k=1)[0]
+            assert first.id == item_id and first.distance == pytest.approx(0.0, abs=1e-3)
+
+
+def test_orphan_image_files_are_removed_at_open(root: Path) -> None:
+    with Gallery.open(root, **MODEL_A) as g:
+        [kept] = g.add([_new(_vectors(1)[0])])
+    images = root / "images"
+    orphan, tmp = images / f"{'f' * 32}.jpg", images / f".tmp-{'e' * 32}-{'d' * 32}.jpg"
+    foreign = images / "README.txt"  # not a name the gallery writes: left alone
+    for path in (orphan, tmp, foreign):
+        path.write_bytes(b"x")
+    with Gallery.open(root, **MODEL_A) as g:
+        assert _files(root) == sorted(["README.txt", f"{kept}.jpg"])
+        assert g.get(kept) is not None
+
+
+def test_model_binding(root: Path) -> None:
+    with Gallery.open(root, **MODEL_A) as g:
+        g.add([_new(_vectors(1)[0])])
+    with pytest.raises(GalleryModelMismatchError) as err:
+        Gallery.open(root, **MODEL_B)
+    message = str(err.value)
+    for part in ("synth:1", "synth:2", "alexnet reindex", "another gallery folder"):
+        assert part in message
+    assert isinstance(err.value, RuntimeError)
+    # The failed open released the folder; the same model reopens fine.
+    with Gallery.open(root, **MODEL_A) as g:
+        assert len(g) == 1
+    binding = stored_model(root)
+    assert binding is not None and (binding.model_id, binding.dim) == ("synth:1", DIM)
+    assert stored_model(root.parent / "nowhere") is None
+
+
+def test_replace_vectors_switches_model(root: Path) -> None:
+    old, new = _vectors(5), _vectors(5, seed=1)
+    with Gallery.open(root, **MODEL_A) as g:
+        ids = g.add([_new(v, i) for i, v in enumerate(old)])
+        paths = dict(g.iter_images())
+        assert list(paths) == ids and all(p.is_file() for p in paths.values())
+        with pytest.raises(ValueError, match="missing"):
+            g.replace_vectors(dict(zip(ids[:4], new[:4], strict=True)), **MODEL_B)
+        assert g.model_id == "synth:1"
+
+        g.replace_vectors(dict(zip(ids, new, strict=True)), **MODEL_B)
+        assert (g.model_id, g.model_sha256) == ("synth:2", "b" * 64)
+        hit = g.search(new[2], k=1)[0]
+        assert hit.id == ids[2] and hit.distance == pytest.approx(0.0, abs=1e-3)
+        assert g.search(old[2], k=1)[0].distance > 1.0
+    with pytest.raises(GalleryModelMismatchError):
+        Gallery.open(root, **MODEL_A)
+    with Gallery.open(root, **MODEL_B) as g:
+        stored = g.get(ids[3], with_vector=True)
+        assert stored is not None and stored.vector is not None
+        np.testing.assert_array_equal(stored.vector, new[3])
+
+
+BAD_ITEMS = {
+    "short vector": {"vector": np.zeros(DIM - 1, np.float32)},
+    "2-d vector": {"vector": np.zeros((1, DIM), np.float32)},
+    "NaN": {"vector": np.where(np.arange(DIM) == 7, np.nan, 0).astype(np.float32)},
+    "inf": {"vector": np.full(DIM, np.inf, np.float32)},
+    "float32 overflow": {"vector": np.full(DIM, 1e300)},
+    "object in metadata": {"metadata": {"x": object()}},
+    "NaN in metadata": {"metadata": {"x": float("nan")}},
+    "metadata not a dict": {"metadata": [1, 2]},
+    "path in ext": {"image_ext": "/../x"},
+    "no ext": {"image_ext": ""},
+    "empty image": {"image_bytes": b""},
+}
+
+
+@pytest.mark.parametrize("bad", BAD_ITEMS.values(), ids=BAD_ITEMS.keys())
+def test_invalid_batch_writes_nothing(gallery: Gallery, root: Path, bad: dict) -> None:
+    vectors = _vectors(3)
+    gallery.add([_new(vectors[0])])
+    files_before = _files(root)
+    # The bad item last: the good ones before it must not be written either.
+    batch = [_new(vectors[1], 1), _new(vectors[2], 2), replace(_new(vectors[2], 3), **bad)]
+    with pytest.raises(ValueError):
+        gallery.add(batch)
+    assert len(gallery) == 1 and gallery.list()[1] == 1
+    assert _files(root) == files_before
+
+
+@pytest.mark.parametrize(
+    "bad_id",
+    ["../../etc/passwd", "1 OR 1=1", "' OR '1'='1", "", "A" * 32, "0" * 31, "0" * 32 + "\n", None],
+)
+def test_malformed_ids_are_not_found(gallery: Gallery, bad_id: str) -> None:
+    [item_id] = gallery.add([_new(_vectors(1)[0])])
+    assert gallery.get(bad_id) is None
+    assert gallery.image_path(bad_id) is None
+    assert gallery.search_by_id(bad_id, k=1) is None
+    assert gallery.remove(bad_id) is False
+    assert gallery.get(item_id) is not None and len(gallery) == 1
+
+
+def test_folder_is_open_once(gallery: Gallery, root: Path) -> None:
+    with pytest.raises(GalleryLockedError):
+        Gallery.open(root, **MODEL_A)
+    gallery.close()
+    gallery.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        gallery.list()
+    with Gallery.open(root, **MODEL_A) as again:
+        assert len(again) == 0
+
+
+def test_concurrent_adds_and_searches(gallery: Gallery) -> None:
+    vectors = _vectors(40)
+    added: list[str] = []
+    errors: list[BaseException] = []
+
+    def writer(part: np.ndarray) -> None:
+        try:
+            for v in part:
+                added.extend(gallery.add([_new(v)]))
+        except BaseException as e:  # surfaced below: threads swallow exceptions
+            errors.append(e)
+
+    def reader() -> None:
+        try:
+            for v in vectors[:10]:
+                for n in gallery.search(v, k=5):
+                    assert len(n.id) == 32
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=writer, args=(vectors[i::2],)) for i in range(2)]
+    threads += [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(gallery) == 40 and gallery.list(0, 100)[1] == 40 and len(set(added)) == 40
+    for i in (0, 39):
+        assert gallery.search(vectors[i], k=1)[0].distance == pytest.approx(0.0, abs=1e-3)
