@@ -179,25 +179,41 @@ def init_caffe(model: AlexNet) -> None:
         )
 
 
+def init_he(model: AlexNet) -> None:
+    """He-normal (fan-in) convolutions, Caffe's fully connected layers.
+
+    For `bn`: batch normalization makes a convolution's output independent of its weights'
+    scale, so tiny N(0, 0.01) weights only make every SGD step huge relative to them (the
+    effective learning rate grows as 1 / |w|^2); He's scale keeps conv1's steps sane.
+    """
+    init_caffe(model)
+    for name, layer in weight_layers(model).items():
+        if name.startswith("conv"):
+            nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+            nn.init.zeros_(layer.bias)
+
+
 INITS: dict[str, Callable[[AlexNet], None]] = {
     "paper": init_paper,
     "caffe": init_caffe,
+    "he": init_he,
 }
 
 # The initialization each variant gets unless asked otherwise: the paper's for the paper's
-# network; Caffe's for the others, which the paper's bias of 1 can stall.
-DEFAULT_INIT = {"paper": "paper", "paper-ungrouped": "paper", "torchvision": "caffe", "bn": "caffe"}
+# network; Caffe's for torchvision's layout, which the paper's bias of 1 can stall; He's
+# convolutions for the batch-normalized one.
+DEFAULT_INIT = {"paper": "paper", "paper-ungrouped": "paper", "torchvision": "caffe", "bn": "he"}
 
 
 def build_model(
-    arch: str, num_classes: int, init: str = "paper", dropout: float = C.DROPOUT
+    arch: str, num_classes: int, init: str | None = None, dropout: float = C.DROPOUT
 ) -> AlexNet:
     """Build an AlexNet variant, initialised.
 
     Args:
         arch: one of `VARIANTS` ("paper", "paper-ungrouped", "torchvision", "bn").
         num_classes: size of fc8.
-        init: one of `INITS` ("paper", "caffe"); None for the variant's `DEFAULT_INIT`.
+        init: one of `INITS` ("paper", "caffe", "he"); None for the variant's `DEFAULT_INIT`.
         dropout: dropout probability before fc6 and fc7.
     """
     if arch not in VARIANTS:

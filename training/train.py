@@ -68,9 +68,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--init",
         default=None,
         choices=list(INITS),
-        help="weight initialization: the paper's, or Caffe's (biases 0.1, fc6/fc7 std 0.005), "
-        "which trains where the paper's stalls (default: paper for paper and paper-ungrouped, "
-        "caffe for bn and torchvision)",
+        help="weight initialization: the paper's; Caffe's (biases 0.1, fc6/fc7 std 0.005), "
+        "which trains where the paper's stalls; or he (He-normal convolutions, Caffe's FC "
+        "layers) for batch norm (default: paper for paper and paper-ungrouped, caffe for "
+        "torchvision, he for bn)",
     )
     p.add_argument(
         "--epochs",

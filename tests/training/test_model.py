@@ -119,6 +119,17 @@ def test_caffe_initialization_is_the_documented_alternative() -> None:
     assert torch.all(layers["conv2"].bias == 0.1) and torch.all(layers["conv3"].bias == 0)
 
 
+def test_he_initialization_scales_convolutions_by_fan_in() -> None:
+    layers = weight_layers(build_model("bn", 10))  # he is bn's default
+    assert layers["conv1"].weight.std().item() == pytest.approx(
+        (2 / (3 * 11 * 11)) ** 0.5, rel=0.05
+    )
+    assert layers["conv3"].weight.std().item() == pytest.approx(
+        (2 / (256 * 3 * 3)) ** 0.5, rel=0.05
+    )
+    assert layers["fc6"].weight.std().item() == pytest.approx(0.005, rel=0.05)
+
+
 @pytest.mark.parametrize("arch", ["paper", "paper-ungrouped", "torchvision", "bn"])
 def test_fc7_is_the_hidden_layer_that_fc8_reads(arch: str) -> None:
     model = build_model(arch, 7).eval()
@@ -145,5 +156,5 @@ def test_torchvision_state_dict_loads_unchanged_and_computes_the_same() -> None:
 def test_unknown_names_fail_naming_the_choices() -> None:
     with pytest.raises(ValueError, match="paper, paper-ungrouped, torchvision, bn"):
         build_model("vgg", 10)
-    with pytest.raises(ValueError, match="paper, caffe"):
+    with pytest.raises(ValueError, match="paper, caffe, he"):
         build_model("paper", 10, init="xavier")
