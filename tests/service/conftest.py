@@ -97,3 +97,14 @@ def server(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         max_images_per_request="4",
     ) as url:
         yield url
+
+
+def settled_readiness(url: str, timeout: float = 60) -> httpx.Response:
+    """/health/ready once loading has finished, successfully or not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = httpx.get(f"{url}/health/ready")
+        settled = r.status_code == 200 or "loading" not in r.json()["detail"]
+        if settled or time.monotonic() > deadline:
+            return r
+        time.sleep(0.2)

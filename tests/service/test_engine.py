@@ -1,0 +1,83 @@
+"""The dynamic batcher, with the real exported model."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from service.engine import Engine, OverloadedError
+from service.model_loader import load_model
+
+
+@pytest.fixture(scope="module")
+def loaded(exported: Path):
+    return load_model(exported.parent.parent, "tiny", precision="fp32", device="cpu", threads=2)
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 256, 256, 3), dtype=np.uint8)
+
+
+def test_concurrent_requests_share_a_call_and_get_their_own_rows(loaded) -> None:
+    batches: list[int] = []
+    requests = [_images(n, seed) for seed, n in enumerate([1, 2, 1, 3])]
+
+    async def scenario():
+        engine = Engine(
+            loaded, max_batch=8, max_wait_ms=200, on_batch=lambda n, _: batches.append(n)
+        )
+        await engine.start()
+        try:
+            return await asyncio.gather(*(engine.infer(r) for r in requests))
+        finally:
+            await engine.stop()
+
+    answers = asyncio.run(scenario())
+    assert batches == [7]  # all four requests in one session call
+    for images, (probs, fc7) in zip(requests, answers, strict=True):
+        ref_probs, ref_fc7 = Engine(loaded).run(images)
+        assert probs.shape == (len(images), 4) and fc7.shape == (len(images), 4096)
+        np.testing.assert_allclose(probs, ref_probs, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(fc7, ref_fc7, rtol=1e-4, atol=1e-5)
+
+
+def test_requests_are_never_split_and_large_ones_run_alone(loaded) -> None:
+    batches: list[int] = []
+
+    async def scenario():
+        engine = Engine(
+            loaded, max_batch=4, max_wait_ms=100, on_batch=lambda n, _: batches.append(n)
+        )
+        await engine.start()
+        try:
+            await asyncio.gather(
+                engine.infer(_images(3, 0)),
+                engine.infer(_images(3, 1)),
+                engine.infer(_images(6, 2)),
+            )
+        finally:
+            await engine.stop()
+
+    asyncio.run(scenario())
+    assert sorted(batches) == [3, 3, 6]
+
+
+def test_a_full_queue_answers_overloaded_at_once(loaded) -> None:
+    async def scenario():
+        engine = Engine(loaded, max_batch=1, max_wait_ms=0, max_queue=2)
+        await engine.start()
+        try:
+            return await asyncio.gather(
+                *(engine.infer(_images(1, i)) for i in range(6)), return_exceptions=True
+            )
+        finally:
+            await engine.stop()
+
+    results = asyncio.run(scenario())
+    refused = [r for r in results if isinstance(r, OverloadedError)]
+    served = [r for r in results if isinstance(r, tuple)]
+    assert refused and served and len(refused) + len(served) == 6
+    assert "limit 2" in str(refused[0])
