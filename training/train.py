@@ -215,15 +215,19 @@ def train_one_epoch(
     )
     for images, labels, skipped in bar:
         sums[3] += skipped
-        if len(labels) == 0:
-            continue
+        if len(labels) == 0 and not dist.is_distributed():
+            continue  # every file of this batch was unreadable
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        if len(labels) == 0:
+            # Under DDP every rank must join each gradient all-reduce, or the others hang:
+            # take a step whose loss is zero on one blank image.
+            images = torch.zeros(1, 3, 256, 256, dtype=torch.uint8, device=device)
         x = augment(images, generator)  # (B, 3, c, c), normalized
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = F.cross_entropy(logits.float(), labels) if len(labels) else logits.sum() * 0
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -232,7 +236,7 @@ def train_one_epoch(
         sums[2] += len(labels)
         elapsed = time.perf_counter() - start
         bar.set_postfix(
-            loss=f"{sums[0] / sums[2]:.3f}",
+            loss=f"{sums[0] / max(1, sums[2]):.3f}",
             img_s=f"{sums[2] * dist.get_world_size() / elapsed:.0f}",
         )
     elapsed = time.perf_counter() - start
