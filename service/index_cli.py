@@ -15,14 +15,14 @@ import numpy as np
 from tqdm import tqdm
 
 from service.app import default_model
-from service.decode import ImageError, decode
+from service.decode import EXTENSIONS, ImageError, decode
 from service.engine import Engine
 from service.gallery import Gallery, NewItem
 from service.model_loader import load_model
 from service.serve_cli import add_model_arguments, settings_from
+from training.imaging import find_images
 
 log = logging.getLogger(__name__)
-SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -76,17 +76,7 @@ def decode_file(path: Path, settings) -> tuple[bytes, np.ndarray, str] | None:
 
 
 def main(args: argparse.Namespace) -> list[str]:
-    from service.decode import EXTENSIONS
-
-    if not args.folder.is_dir():
-        raise FileNotFoundError(f"{args.folder} is not a folder")
-    paths = sorted(
-        p for p in args.folder.rglob("*") if p.is_file() and p.suffix.lower() in SUFFIXES
-    )
-    if not paths:
-        raise ValueError(
-            f"no images under {args.folder} (looked for {', '.join(sorted(SUFFIXES))})"
-        )
+    paths = find_images(args.folder)
     settings, engine = engine_from(args)
     ids: list[str] = []
     skipped = 0

@@ -15,6 +15,27 @@ from PIL import Image, ImageOps
 
 from training.constants import IMAGE_SIZE
 
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+
+
+def find_images(folder: Path) -> list[Path]:
+    """Image files under `folder`, recursively, sorted.
+
+    Raises:
+        FileNotFoundError: `folder` is not a folder.
+        ValueError: it holds no image file.
+    """
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{folder} is not a folder")
+    paths = sorted(
+        p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not paths:
+        raise ValueError(
+            f"no images under {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"
+        )
+    return paths
+
 
 def open_rgb(
     source: str | Path | bytes | io.BytesIO, *, draft_size: int = IMAGE_SIZE

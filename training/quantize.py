@@ -31,10 +31,9 @@ from tqdm import tqdm
 
 from service import store
 from service.model_loader import check_file, session_options
-from training.imaging import load_256
+from training.imaging import find_images, load_256
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 
 
 class AgreementTooLowError(ValueError):
@@ -43,9 +42,7 @@ class AgreementTooLowError(ValueError):
 
 def collect_images(folder: Path, limit: int, seed: int = 0) -> np.ndarray:
     """Up to `limit` images under `folder` (recursively), as uint8 (N, 256, 256, 3)."""
-    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise ValueError(f"no images under {folder}")
+    paths = find_images(folder)
     rng = np.random.default_rng(seed)
     chosen = [paths[i] for i in sorted(rng.permutation(len(paths))[:limit])]
     images = []
