@@ -68,9 +68,8 @@ async def load(state: AppState) -> None:
             on_batch=state.metrics.observe_batch,
         )
         await engine.start()
-        digest = loaded.manifest.files[loaded.precision].sha256
         state.gallery = await run_in_threadpool(
-            Gallery.open, s.gallery, model_sha256=digest, model_id=f"{loaded.id}/{loaded.precision}"
+            lambda: Gallery.open(s.gallery, **loaded.gallery_binding())
         )
         state.metrics.gallery_items.set(len(state.gallery))
         state.engine = engine

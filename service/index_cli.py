@@ -55,14 +55,6 @@ def engine_from(args: argparse.Namespace):
     return settings, Engine(loaded)
 
 
-def binding_of(engine: Engine) -> dict:
-    lm = engine.loaded
-    return {
-        "model_sha256": lm.manifest.files[lm.precision].sha256,
-        "model_id": f"{lm.id}/{lm.precision}",
-    }
-
-
 def decode_file(path: Path, settings) -> tuple[bytes, np.ndarray, str] | None:
     data = path.read_bytes()
     try:
@@ -80,7 +72,7 @@ def main(args: argparse.Namespace) -> list[str]:
     settings, engine = engine_from(args)
     ids: list[str] = []
     skipped = 0
-    with Gallery.open(settings.gallery, **binding_of(engine)) as gallery:
+    with Gallery.open(settings.gallery, **engine.loaded.gallery_binding()) as gallery:
         bar = tqdm(total=len(paths), desc=f"indexing into {settings.gallery}", unit="img")
         for start in range(0, len(paths), args.batch_size):
             chunk = paths[start : start + args.batch_size]

@@ -43,6 +43,14 @@ class LoadedModel:
     def id(self) -> str:
         return self.manifest.id
 
+    def gallery_binding(self) -> dict[str, str]:
+        """What a gallery records of the model making its vectors: the loaded file's sha256
+        (fp32, int8 and fp16 vectors differ slightly, so they are not mixed either)."""
+        return {
+            "model_sha256": self.manifest.files[self.precision].sha256,
+            "model_id": f"{self.id}/{self.precision}",
+        }
+
 
 def session_options(threads: int | None) -> ort.SessionOptions:
     options = ort.SessionOptions()

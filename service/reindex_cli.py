@@ -14,7 +14,7 @@ import numpy as np
 from tqdm import tqdm
 
 from service.gallery import Gallery, stored_model
-from service.index_cli import binding_of, decode_file, engine_from
+from service.index_cli import decode_file, engine_from
 from service.serve_cli import add_model_arguments
 
 
@@ -34,7 +34,7 @@ def main(args: argparse.Namespace) -> int:
     recorded = stored_model(settings.gallery)
     if recorded is None:
         raise FileNotFoundError(f"no gallery at {settings.gallery}")
-    binding = binding_of(engine)
+    binding = engine.loaded.gallery_binding()
     if recorded.model_sha256 == binding["model_sha256"]:
         print(f"{settings.gallery} is already embedded with {binding['model_id']}; nothing to do")
         return 0

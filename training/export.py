@@ -28,7 +28,8 @@ from torchvision.transforms.v2 import functional as TF
 
 from service import store
 from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.presets import Normalize, TenCrop, normalize_from
+from training.evaluate import ten_crop_probs
+from training.presets import Normalize, normalize_from
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +50,13 @@ class TenCropGraph(nn.Module):
         super().__init__()
         self.model = model.eval()
         self.normalize = normalize
-        self.ten_crop = TenCrop(crop_size)
+        self.crop_size = crop_size
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.normalize(images.permute(0, 3, 1, 2))  # (N, 3, 256, 256) float
-        crops = self.ten_crop(x)  # (N, 10, 3, c, c)
-        n = crops.shape[0]
-        logits, fc7 = self.model(crops.flatten(0, 1), return_fc7=True)  # (N*10, K), (N*10, 4096)
-        probs = F.softmax(logits, dim=1).view(n, 10, -1).mean(1)
-        return probs, fc7.view(n, 10, -1).mean(1)
+        # the same computation `alexnet evaluate` makes, on NCHW
+        return ten_crop_probs(
+            self.model, images.permute(0, 3, 1, 2), self.normalize, self.crop_size
+        )
 
 
 @torch.no_grad()

@@ -98,7 +98,7 @@ def test_a_model_that_disagrees_is_not_written(
     def buggy_to_onnx(graph, path):
         torch.manual_seed(123)
         wrong = export_module.TenCropGraph(model_from_checkpoint({**ckpt, "model": _reinit(ckpt)}),
-                                           graph.normalize, graph.ten_crop.crop_size)  # fmt: skip
+                                           graph.normalize, graph.crop_size)  # fmt: skip
         real_to_onnx(wrong, path)
 
     monkeypatch.setattr(export_module, "to_onnx", buggy_to_onnx)
