@@ -6,6 +6,8 @@
           model.onnx          uint8 images [N, 256, 256, 3] -> probs [N, K], fc7 [N, 4096]
           model.int8.onnx     (optional) static QDQ quantization, for CPU
           model.fp16.onnx     (optional) for CUDA
+          filters.png         (optional) the conv1 kernels as an image grid
+          curves.png          (optional) the training run's loss / error / lr curves
           manifest.json       what the folder holds, with the sha256 of every file
 
 A version is written once, into a hidden temporary folder renamed into place, and never
@@ -64,6 +66,8 @@ class Manifest(BaseModel):
     metrics: dict = Field(default_factory=dict)  # single_crop / ten_crop top-1 / top-5 error
     normalization: dict = Field(default_factory=dict)
     verification: dict = Field(default_factory=dict)
+    # pictures of the model for people: "filters" (conv1 kernels), "curves" (training run)
+    pictures: dict[str, ModelFile] = Field(default_factory=dict)
 
     @property
     def id(self) -> str:
