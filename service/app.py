@@ -27,7 +27,7 @@ from service.deps import AppState, NotReadyError
 from service.engine import Engine, OverloadedError
 from service.gallery import Gallery
 from service.model_loader import load_model
-from service.routers import gallery, health, predict
+from service.routers import gallery, health, page, predict
 
 log = logging.getLogger("service")
 
@@ -111,6 +111,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(gallery.router)
     app.include_router(health.router)
+    app.include_router(page.router)
+    app.mount("/static", page.static_files(), name="static")
 
     @app.middleware("http")
     async def observe(request: Request, call_next):

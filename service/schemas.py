@@ -67,6 +67,9 @@ class ModelInfo(BaseModel):
     provider: str
     metrics: dict
     files: dict
+    pictures: dict[str, str] = Field(
+        default_factory=dict, description="picture name (filters, curves) -> URL of its PNG"
+    )
 
 
 class ModelsResponse(BaseModel):

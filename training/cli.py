@@ -13,6 +13,10 @@ import sys
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "quickstart": (
+        "training.quickstart",
+        "serve the store's model, first building the built-in default if the store is empty",
+    ),
     "synth": ("training.synth_cli", "write a procedurally drawn, labelled image set"),
     "train": ("training.train", "train AlexNet on a class-per-folder image set"),
     "evaluate": ("training.evaluate", "top-1/top-5 error with one centre crop and with ten crops"),

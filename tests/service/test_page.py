@@ -1,0 +1,149 @@
+"""The web page at `/`, driven in headless Chromium against a real server on loopback.
+
+Needs Debian's chromium (`/usr/bin/chromium`, installed by `.ci/run`) and the `playwright`
+Python package (dev extra), which drives it without downloading a browser of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from tests.service.conftest import running_server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):  # CI installs it: a missing browser there is a failure
+        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run should have installed chromium")
+    pytest.skip(
+        "Debian's chromium is not installed (apt-get install chromium)", allow_module_level=True
+    )
+
+sync_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def page_server(exported: Path, sample_images, tmp_path_factory) -> Iterator[str]:
+    """A server whose gallery holds the validation images, labelled by class."""
+    gallery = tmp_path_factory.mktemp("page") / "gallery"
+    with running_server(exported.parent.parent, gallery) as url:
+        for label, data in sample_images:
+            r = httpx.post(
+                f"{url}/gallery", files=[("image", ("x", data))], data={"label": label}, timeout=60
+            )
+            assert r.status_code == 201, r.text
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator:
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, page_server: str):
+    """A fresh page on `/`, recording every URL it requests."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    page = context.new_page()
+    page.requested = []
+    page.on("request", lambda request: page.requested.append(request.url))
+    page.goto(page_server + "/")
+    yield page
+    context.close()
+
+
+def _shown_predictions(page) -> list[tuple[str, str]]:
+    page.wait_for_selector("#predictions li.prediction")
+    return [
+        (li.query_selector(".label").inner_text(), li.query_selector(".probability").inner_text())
+        for li in page.query_selector_all("#predictions li.prediction")
+    ]
+
+
+def _shown_neighbors(page) -> list[tuple[str, str]]:
+    page.wait_for_selector("#neighbors .neighbor")
+    return [
+        (n.query_selector(".label").inner_text(), n.query_selector(".distance").inner_text())
+        for n in page.query_selector_all("#neighbors .neighbor")
+    ]
+
+
+def test_upload_shows_the_apis_top5_and_neighbours(
+    page, page_server: str, sample_images, tmp_path: Path
+) -> None:
+    label, data = sample_images[-1]
+    path = tmp_path / "query.png"
+    path.write_bytes(data)
+    page.wait_for_selector("#samples .sample")  # the model is loaded
+    page.set_input_files("#file", str(path))
+
+    api = httpx.post(f"{page_server}/predict", files=[("image", ("q", data))], timeout=60)
+    expected = [
+        (p["label"], f"{100 * p['probability']:.1f}%")
+        for p in api.json()["results"][0]["predictions"]
+    ]
+    assert _shown_predictions(page) == expected
+    widths = page.eval_on_selector_all(
+        "#predictions .bar > div", "els => els.map(e => parseFloat(e.style.width))"
+    )
+    assert widths == sorted(widths, reverse=True) and 0 < widths[0] <= 100
+
+    similar = httpx.post(
+        f"{page_server}/similar", files=[("image", ("q", data))], params={"k": 8}, timeout=60
+    ).json()["neighbors"]
+    shown = _shown_neighbors(page)
+    assert shown == [(n["label"], f"distance {n['distance']:.2f}") for n in similar]
+    # the query image is itself in the gallery: the nearest neighbour is that image
+    assert shown[0] == (label, "distance 0.00")
+    page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+
+def test_model_figures_and_offline(page, page_server: str) -> None:
+    page.wait_for_selector("#figures tr")
+    assert "tiny:1" in page.inner_text("#model-line")
+    table = page.inner_text("#figures")
+    for label in httpx.get(f"{page_server}/models").json()["loaded"]["labels"]:
+        assert label in table
+    page.wait_for_selector("#samples .sample")
+    page.wait_for_load_state("networkidle")
+    origin = urlsplit(page_server).netloc
+    outside = [u for u in page.requested if urlsplit(u).netloc not in (origin, "")]
+    assert outside == [], "the page must work offline (no CDN)"
+
+
+def test_picking_a_sample_finds_itself(page, page_server: str) -> None:
+    page.wait_for_selector("#samples .sample")
+    first = page.query_selector("#samples .sample")
+    label = first.inner_text().strip()
+    first.click()
+    assert _shown_neighbors(page)[0] == (label, "distance 0.00")
+    assert len(_shown_predictions(page)) == 4  # every class of the 4-class model
+
+
+def test_errors_are_said_in_plain_words(page, tmp_path: Path) -> None:
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("this is text, not a picture\n")
+    page.wait_for_selector("#samples .sample")
+    page.set_input_files("#file", str(fake))
+    page.wait_for_selector("#error:not([hidden])")
+    assert "not an image" in page.inner_text("#error")
+    assert page.query_selector_all("#predictions li.prediction") == []
