@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint install clean
+.PHONY: run test lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Serve the store's model on 127.0.0.1:8000; an empty store first gets the built-in default
+# (generated images -> training -> export -> gallery), each step reused on later runs.
+run: $(STAMP)
+	$(BIN)/alexnet quickstart
 
 test: $(STAMP)
 	$(BIN)/ruff check training service tests
