@@ -149,8 +149,9 @@ def load_conv1(source: str | Path, store_dir: str | Path = "model_store") -> tup
         try:
             ckpt = load_checkpoint(path)
         except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise ValueError(
-                f"{path} is not a checkpoint written by `alexnet train` ({e})"
+                f"{path} is not a checkpoint written by `alexnet train` ({reason})"
             ) from None
         return conv1_from_state_dict(ckpt["model"]), f"checkpoint {path}"
     if path.is_dir():
