@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "make a store model from torchvision's ImageNet AlexNet weights",
     ),
     "quantize": ("training.quantize", "add int8 (CPU) and fp16 (CUDA) files to a store version"),
+    "plot": ("training.plot_cli", "draw a run's training curves (loss, error, lr) as a PNG"),
+    "filters": ("training.filters_cli", "draw the conv1 kernels as an image grid (Figure 3)"),
     "models": ("service.models_cli", "list the models in the store"),
     "serve": ("service.serve_cli", "run the HTTP service (predict, similar, gallery)"),
     "index": ("service.index_cli", "add a folder of images to the gallery"),

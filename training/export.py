@@ -152,8 +152,13 @@ def export_checkpoint(
     version: int | None = None,
     source: dict | None = None,
     metrics: dict | None = None,
+    metrics_file: Path | None = None,
 ) -> Path:
-    """Export, verify and publish a checkpoint as a new store version; returns its folder."""
+    """Export, verify and publish a checkpoint as a new store version; returns its folder.
+
+    The version also gets `filters.png` (conv1's kernels) and, given the run's
+    `metrics_file`, `curves.png`, listed in the manifest's `pictures`.
+    """
     model = model_from_checkpoint(ckpt)
     normalize = normalize_from(ckpt["normalization"])
     graph = TenCropGraph(model, normalize, ckpt["crop_size"]).eval()
@@ -170,6 +175,7 @@ def export_checkpoint(
             onnx_path, model, normalize, ckpt["crop_size"], verification_inputs()
         )
         digest = store.sha256_file(onnx_path)
+        pictures = write_pictures(folder, ckpt, metrics_file)
         return store.Manifest(
             name=name, version=v, arch=ckpt["arch"], num_classes=ckpt["num_classes"],
             labels=list(ckpt["labels"]), crop_size=ckpt["crop_size"], inputs=inputs,
@@ -178,11 +184,29 @@ def export_checkpoint(
                 file=onnx_path.name, sha256=digest, bytes=onnx_path.stat().st_size)},
             source=source or {}, created_at=store.now_iso(), metrics=metrics or {},
             normalization=_describe(ckpt["normalization"]), verification=verification,
+            pictures=pictures,
         )  # fmt: skip
 
     folder = store.publish_version(store_dir, name, version, fill)
     log.info("wrote %s", folder)
     return folder
+
+
+def write_pictures(
+    folder: Path, ckpt: dict, metrics_file: Path | None
+) -> dict[str, store.ModelFile]:
+    """filters.png (and curves.png from `metrics_file`) in `folder`, for the manifest."""
+    from training import pictures
+
+    paths = {"filters": pictures.save_filters(
+        pictures.conv1_from_state_dict(ckpt["model"]), folder / "filters.png")}  # fmt: skip
+    if metrics_file is not None:
+        rows = pictures.read_metrics(metrics_file)
+        paths["curves"] = pictures.save_curves(rows, folder / "curves.png")
+    return {
+        key: store.ModelFile(file=p.name, sha256=store.sha256_file(p), bytes=p.stat().st_size)
+        for key, p in paths.items()
+    }
 
 
 def _describe(normalization: dict) -> dict:
@@ -250,7 +274,10 @@ def main(args: argparse.Namespace) -> Path:
         "sha256": store.sha256_file(args.checkpoint),
         "epoch": ckpt.get("epoch"),
     }
+    run_metrics = args.checkpoint.parent / "metrics.jsonl"  # the run's, for curves.png
     folder = export_checkpoint(ckpt, store_dir=args.store, name=args.name, version=args.version,
-                               source=source, metrics=metrics)  # fmt: skip
+                               source=source, metrics=metrics,
+                               metrics_file=run_metrics if run_metrics.is_file() else None,
+                               )  # fmt: skip
     print(f"exported {args.name}:{folder.name} to {folder}")
     return folder

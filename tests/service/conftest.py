@@ -28,9 +28,14 @@ def free_port() -> int:
 
 @contextlib.contextmanager
 def running_server(
-    store: Path, gallery: Path, wait_ready: bool = True, **env: str
+    store: Path,
+    gallery: Path,
+    wait_ready: bool = True,
+    command: list[str] | None = None,
+    cwd: Path = REPO,
+    **env: str,
 ) -> Iterator[str]:
-    """Start `alexnet serve` on a free loopback port; yield its base URL; stop it."""
+    """Start `alexnet serve` (or `command`) on a free loopback port; yield its URL; stop it."""
     port = free_port()
     environ = {
         **os.environ,
@@ -43,9 +48,9 @@ def running_server(
     }
     log = open(gallery.parent / f"server-{port}.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
-        [sys.executable, "-m", "training.cli", "serve"],
+        command or [sys.executable, "-m", "training.cli", "serve"],
         env=environ,
-        cwd=REPO,
+        cwd=cwd,
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -69,7 +69,11 @@ def test_manifest_describes_the_version(exported: Path) -> None:
     assert m.verification["images"] >= 4
     assert m.verification["max_abs_diff"]["probs"] <= export_module.PROBS_ATOL
     assert m.created_at and m.source == {"checkpoint": "test"}
-    assert sorted(p.name for p in exported.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in exported.iterdir()) == [
+        "filters.png",
+        "manifest.json",
+        "model.onnx",
+    ]
 
 
 def test_versions_count_up_and_are_never_overwritten(
