@@ -93,6 +93,9 @@ def test_alexnet_serves_from_the_serve_environment(
         assert body["model"] == "tiny:1"
         (result,) = body["results"]
         assert result["predictions"][0]["label"] in {p.name for p in (synth_root / "val").iterdir()}
+        # the web page and its script are packaged with the service
+        assert "<title>" in httpx.get(f"{url}/").text
+        assert httpx.get(f"{url}/static/app.js").status_code == 200
         # the container's health check, from the same environment
         port = url.rsplit(":", 1)[1]
         check = subprocess.run([serve_venv / "python", "-m", "service.healthcheck"],

@@ -256,3 +256,20 @@ def test_decoded_pixels_match_the_training_preprocessing(sample_images) -> None:
         assert np.array_equal(
             decode(data, max_bytes=10**8, max_pixels=10**9)[0], load_256(io.BytesIO(data))
         )
+
+
+def test_model_pictures_are_served_from_the_version(server: str, exported: Path) -> None:
+    import hashlib
+
+    from service.store import read_manifest
+
+    pictures = httpx.get(f"{server}/models").json()["loaded"]["pictures"]
+    manifest = read_manifest(exported)
+    assert set(pictures) == set(manifest.pictures) and "filters" in pictures
+    r = httpx.get(server + pictures["filters"])
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert hashlib.sha256(r.content).hexdigest() == manifest.pictures["filters"].sha256
+    assert Image.open(io.BytesIO(r.content)).size[0] > 0
+    for name in ("nope", "..%2Fmanifest.json", "model.onnx"):
+        r = httpx.get(f"{server}/models/pictures/{name}")
+        assert r.status_code == 404 and "detail" in r.json(), name

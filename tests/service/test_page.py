@@ -125,6 +125,10 @@ def test_model_figures_and_offline(page, page_server: str) -> None:
         assert label in table
     page.wait_for_selector("#samples .sample")
     page.wait_for_load_state("networkidle")
+    # the model's pictures (filters.png from the export) are shown, and really decoded
+    widths = page.eval_on_selector_all("#pictures img", "els => els.map(e => e.naturalWidth)")
+    assert len(widths) == len(httpx.get(f"{page_server}/models").json()["loaded"]["pictures"]) > 0
+    assert all(w > 0 for w in widths)
     origin = urlsplit(page_server).netloc
     outside = [u for u in page.requested if urlsplit(u).netloc not in (origin, "")]
     assert outside == [], "the page must work offline (no CDN)"
