@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint install clean
+.PHONY: run test soak lint install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,12 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check training service tests
 	$(BIN)/python -m pytest -q
+
+# Load (64 clients, 60 s), ten SIGKILLs and a long schemathesis run against real servers on
+# 127.0.0.1; prints a table of figures per run and writes runs/soak/report.json.
+soak: $(STAMP)
+	rm -f runs/soak/report.json
+	$(BIN)/python -m pytest -q -s -m soak tests/soak
 
 lint: $(STAMP)
 	$(BIN)/ruff check training service tests

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -19,8 +20,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
 
 from service import store
+from service.body_limit import BodyLimitMiddleware
 from service.config import Settings
 from service.decode import ImageError
 from service.deps import AppState, NotReadyError
@@ -30,6 +34,7 @@ from service.model_loader import load_model
 from service.routers import gallery, health, page, predict
 
 log = logging.getLogger("service")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a client's X-Request-ID, if it is one
 
 
 def default_model(settings: Settings) -> str:
@@ -114,20 +119,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(page.router)
     app.mount("/static", page.static_files(), name="static")
 
+    # Inside `observe` (added later, so outer), which then counts and logs its 413s.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+
     @app.middleware("http")
     async def observe(request: Request, call_next):
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex[:16]
+        request_id = request.headers.get("x-request-id", "")
+        if not REQUEST_ID_RE.fullmatch(request_id):  # it goes into logs and a header
+            request_id = uuid.uuid4().hex[:16]
         start = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (
-            not length.isdigit() or int(length) > settings.max_request_bytes
-        ):
-            response = JSONResponse(
-                {"detail": f"request body larger than {settings.max_request_bytes} bytes"},
-                status_code=413,
-            )
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         route = request.scope.get("route")
         endpoint = route.path if route is not None else "unmatched"
         elapsed = time.perf_counter() - start
@@ -158,6 +159,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def not_ready(_: Request, e: NotReadyError) -> JSONResponse:
         return JSONResponse(
             {"detail": f"not ready: {e}"}, status_code=503, headers={"Retry-After": "5"}
+        )
+
+    @app.exception_handler(405)
+    async def method_not_allowed(request: Request, e: HTTPException) -> JSONResponse:
+        # Starlette's Allow names only the methods of the first route with this path, but
+        # /gallery and /gallery/{item_id} each have two: take them from the OpenAPI paths.
+        allow = (e.headers or {}).get("Allow", "")
+        for template, operations in app.openapi()["paths"].items():
+            if compile_path(template)[0].fullmatch(request.url.path):
+                allow = ", ".join(sorted(method.upper() for method in operations))
+        return JSONResponse(
+            {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allow}
         )
 
     return app

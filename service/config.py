@@ -45,7 +45,8 @@ class Settings(BaseSettings):
 
     @property
     def max_request_bytes(self) -> int:
-        """A request larger than this is refused from its Content-Length, before it is read."""
+        """A larger request is refused (413): from its Content-Length before its body is read,
+        or, without one, as soon as this many bytes have come in (`service.body_limit`)."""
         return self.max_images_per_request * self.max_image_bytes + self.max_metadata_bytes + 65_536
 
 

@@ -7,6 +7,7 @@ checked from the header before any pixel is decoded, so decompression bombs cost
 from __future__ import annotations
 
 import io
+import struct
 import warnings
 
 import numpy as np
@@ -18,6 +19,12 @@ from training.imaging import prepare, resize_center
 ALLOWED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
 EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif",
               "BMP": ".bmp", "TIFF": ".tiff"}  # fmt: skip
+# What Pillow raises on a malformed file besides UnidentifiedImageError: its own "not this
+# format" signals (SyntaxError, IndexError, TypeError, struct.error) and, from deeper in a
+# plugin, OSError, ValueError (e.g. a PNG text chunk that inflates past MAX_TEXT_CHUNK) and
+# EOFError. From untrusted bytes each of them means a bad file, never a server error.
+CORRUPT_FILE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError,
+                       struct.error)  # fmt: skip
 
 
 class ImageError(ValueError):
@@ -64,7 +71,7 @@ def sniff_format(data: bytes, *, max_bytes: int, max_pixels: int) -> str:
                 f"({', '.join(sorted(ALLOWED_FORMATS))})"
             ) from None
         raise ImageTooLargeError(f"the image has too many pixels ({e})") from None
-    except OSError as e:  # a header Pillow recognises but cannot parse
+    except CORRUPT_FILE_ERRORS as e:  # a header Pillow recognises but cannot parse
         raise ImageError(f"the image header is corrupt: {e}") from None
     if fmt not in ALLOWED_FORMATS:
         raise NotAnImageError(
@@ -92,5 +99,5 @@ def decode(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[np.ndarray,
     try:
         with Image.open(io.BytesIO(data)) as img:
             return resize_center(prepare(img)), fmt
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except (*CORRUPT_FILE_ERRORS, Image.DecompressionBombError) as e:
         raise ImageError(f"the image data is truncated or corrupt: {e}") from None

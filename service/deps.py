@@ -6,7 +6,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Annotated
 
-from fastapi import Depends, Header, HTTPException, Request
+from fastapi import Depends, HTTPException, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.config import Settings
 from service.engine import Engine
@@ -55,15 +56,21 @@ EngineDep = Annotated[Engine, Depends(get_engine)]
 GalleryDep = Annotated[Gallery, Depends(get_gallery)]
 
 
+# In the OpenAPI schema as a bearer scheme; the check itself is require_api_key's.
+bearer = HTTPBearer(auto_error=False, description="ALEXNET_API_KEY, when it is set")
+
+
 def require_api_key(
-    settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> None:
     """Gallery writes need `Authorization: Bearer <ALEXNET_API_KEY>` when a key is set."""
     if settings.api_key is None:
         return
-    scheme, _, token = (authorization or "").partition(" ")
     expected = settings.api_key.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), expected):
+    if credentials is None or not secrets.compare_digest(
+        credentials.credentials.encode(), expected
+    ):
         raise HTTPException(
             status_code=401,
             detail="missing or wrong API key: send 'Authorization: Bearer <key>'",

@@ -2,7 +2,38 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
+
+
+class Error(BaseModel):
+    """Every error answer (4xx, 503)."""
+
+    detail: str | list[dict[str, Any]] = Field(
+        description="what was wrong: a message, or FastAPI's list of invalid request fields"
+    )
+
+
+ERRORS = {
+    400: "an empty file, or a multipart body that cannot be parsed",
+    401: "a missing or wrong API key (gallery writes, when ALEXNET_API_KEY is set)",
+    404: "no gallery item with this id",
+    413: "too large: an image's bytes or pixels, the number of images, the metadata, the body",
+    415: "not an image, or not an accepted format",
+    422: "an invalid request field, a truncated or corrupt image, or invalid metadata",
+    503: "the model or the gallery is not loaded yet, or the engine's queue is full",
+}
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """The `responses` of a route for the error codes it can answer, for the OpenAPI schema."""
+    return {
+        code: {"model": Error, "description": ERRORS[code]}
+        | ({"headers": RETRY_AFTER} if code == 503 else {})
+        for code in codes
+    }
 
 
 class Prediction(BaseModel):

@@ -19,11 +19,13 @@ from service.schemas import (
     ItemRef,
     Neighbor,
     SimilarResponse,
+    error_responses,
 )
 from service.uploads import read_images
 
 router = APIRouter(tags=["gallery"])
 ItemId = Annotated[str, Path(description="the id returned by POST /gallery")]
+MAX_OFFSET = 2**63 - 1  # SQLite's largest integer
 
 
 def _neighbors(found) -> SimilarResponse:
@@ -39,21 +41,47 @@ def _item(item) -> GalleryItem:
     )  # fmt: skip
 
 
+# Deeper metadata could be stored but not answered: pydantic refuses to serialise beyond
+# about 255 levels, which would make every page listing the item fail.
+MAX_METADATA_DEPTH = 32
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _depth(value: object) -> int:
+    """How many containers (objects, arrays) deep a parsed JSON value nests."""
+    depth, level = 0, [value]
+    while level := [v for v in level if isinstance(v, dict | list)]:
+        depth += 1
+        level = [c for v in level for c in (v.values() if isinstance(v, dict) else v)]
+    return depth
+
+
 def _parse_metadata(metadata: str | None, limit: int) -> dict:
     if metadata is None or metadata == "":
         return {}
     if len(metadata.encode("utf-8", "surrogatepass")) > limit:
         raise HTTPException(413, f"metadata is larger than {limit} bytes")
     try:
-        value = json.loads(metadata)
-    except ValueError as e:
+        value = json.loads(metadata, parse_constant=_reject_constant)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # a lone \ud800 cannot be stored
+    except (ValueError, RecursionError) as e:
         raise HTTPException(422, f"metadata is not valid JSON: {e}") from None
     if not isinstance(value, dict):
         raise HTTPException(422, "metadata must be a JSON object")
+    if _depth(value) > MAX_METADATA_DEPTH:
+        raise HTTPException(422, f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
     return value
 
 
-@router.post("/similar", response_model=SimilarResponse, tags=["similar"])
+@router.post(
+    "/similar",
+    response_model=SimilarResponse,
+    tags=["similar"],
+    responses=error_responses(400, 413, 415, 422, 503),
+)
 async def similar(
     state: StateDep,
     engine: EngineDep,
@@ -67,13 +95,21 @@ async def similar(
     return _neighbors(await run_in_threadpool(gallery.search, fc7[0], k))
 
 
-@router.post("/gallery", status_code=201, response_model=AddResponse, dependencies=[ApiKeyDep])
+@router.post(
+    "/gallery",
+    status_code=201,
+    response_model=AddResponse,
+    dependencies=[ApiKeyDep],
+    responses=error_responses(400, 401, 413, 415, 422, 503),
+)
 async def add(
     state: StateDep,
     engine: EngineDep,
     gallery: GalleryDep,
     settings: SettingsDep,
-    image: Annotated[list[UploadFile], File(description="one or more images (repeat the part)")],
+    image: Annotated[
+        list[UploadFile], File(min_length=1, description="one or more images (repeat the part)")
+    ],
     label: Annotated[str | None, Form(max_length=200, description="label of every image")] = None,
     metadata: Annotated[
         str | None, Form(description="a JSON object stored with every image")
@@ -91,17 +127,17 @@ async def add(
     return AddResponse(items=[ItemRef(id=i) for i in ids])
 
 
-@router.get("/gallery", response_model=GalleryPage)
+@router.get("/gallery", response_model=GalleryPage, responses=error_responses(422, 503))
 async def list_items(
     gallery: GalleryDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> GalleryPage:
     items, total = await run_in_threadpool(gallery.list, offset, limit)
     return GalleryPage(items=[_item(i) for i in items], total=total, offset=offset, limit=limit)
 
 
-@router.get("/gallery/{item_id}", response_model=GalleryItem)
+@router.get("/gallery/{item_id}", response_model=GalleryItem, responses=error_responses(404, 503))
 async def get_item(gallery: GalleryDep, item_id: ItemId) -> GalleryItem:
     item = await run_in_threadpool(gallery.get, item_id)
     if item is None:
@@ -109,7 +145,14 @@ async def get_item(gallery: GalleryDep, item_id: ItemId) -> GalleryItem:
     return _item(item)
 
 
-@router.get("/gallery/{item_id}/image", response_class=FileResponse)
+@router.get(
+    "/gallery/{item_id}/image",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"image/*": {}}, "description": "the stored file, as uploaded"},
+        **error_responses(404, 503),
+    },
+)
 async def get_image(gallery: GalleryDep, item_id: ItemId) -> FileResponse:
     path = await run_in_threadpool(gallery.image_path, item_id)
     if path is None:
@@ -118,7 +161,12 @@ async def get_image(gallery: GalleryDep, item_id: ItemId) -> FileResponse:
     return FileResponse(path, media_type=media_type)
 
 
-@router.delete("/gallery/{item_id}", status_code=204, dependencies=[ApiKeyDep])
+@router.delete(
+    "/gallery/{item_id}",
+    status_code=204,
+    dependencies=[ApiKeyDep],
+    responses=error_responses(401, 404, 503),
+)
 async def delete_item(state: StateDep, gallery: GalleryDep, item_id: ItemId) -> Response:
     if not await run_in_threadpool(gallery.remove, item_id):
         raise HTTPException(404, f"no gallery item {item_id!r}")
@@ -126,7 +174,11 @@ async def delete_item(state: StateDep, gallery: GalleryDep, item_id: ItemId) -> 
     return Response(status_code=204)
 
 
-@router.get("/gallery/{item_id}/similar", response_model=SimilarResponse)
+@router.get(
+    "/gallery/{item_id}/similar",
+    response_model=SimilarResponse,
+    responses=error_responses(404, 422, 503),
+)
 async def similar_to_item(
     gallery: GalleryDep,
     item_id: ItemId,

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import store
 from service.deps import StateDep
-from service.schemas import ModelInfo, ModelsResponse
+from service.schemas import ModelInfo, ModelsResponse, error_responses
 
 router = APIRouter(tags=["operations"])
 
@@ -22,7 +22,7 @@ async def live() -> dict:
     return {"status": "live"}
 
 
-@router.get("/health/ready", responses={503: {"description": "model or gallery not loaded"}})
+@router.get("/health/ready", responses=error_responses(503))
 async def ready(state: StateDep) -> JSONResponse:
     """200 once the model and the gallery are loaded, 503 (with Retry-After) before."""
     if state.engine is not None and state.gallery is not None:

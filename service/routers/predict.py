@@ -8,7 +8,7 @@ import numpy as np
 from fastapi import APIRouter, File, Query, UploadFile
 
 from service.deps import EngineDep, SettingsDep, StateDep
-from service.schemas import Prediction, PredictResponse, Result
+from service.schemas import Prediction, PredictResponse, Result, error_responses
 from service.uploads import read_images
 
 router = APIRouter(tags=["predict"])
@@ -21,12 +21,19 @@ def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
     return [Prediction(label=labels[i], index=int(i), probability=float(probs[i])) for i in order]
 
 
-@router.post("/predict", response_model=PredictResponse, response_model_exclude_none=True)
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    responses=error_responses(400, 413, 415, 422, 503),
+)
 async def predict(
     state: StateDep,
     engine: EngineDep,
     settings: SettingsDep,
-    image: Annotated[list[UploadFile], File(description="one or more images (repeat the part)")],
+    image: Annotated[
+        list[UploadFile], File(min_length=1, description="one or more images (repeat the part)")
+    ],
     top_k_: Annotated[int, Query(alias="top_k", ge=1, le=1000, description="labels per image")] = 5,
     embedding: Annotated[bool, Query(description="also return the 4096-d fc7 vector")] = False,
 ) -> PredictResponse:

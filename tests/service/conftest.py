@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -26,17 +27,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass
+class Server:
+    """A running `alexnet serve`."""
+
+    url: str
+    process: subprocess.Popen
+    log: Path
+
+    def rss_mib(self) -> float:
+        """Resident memory of the server process, MiB (Linux /proc)."""
+        return rss_mib(self.process.pid)
+
+
+def rss_mib(pid: int) -> float:
+    """Resident memory of a process, MiB, from /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
 @contextlib.contextmanager
-def running_server(
+def serve(
     store: Path,
     gallery: Path,
     wait_ready: bool = True,
+    port: int | None = None,
     command: list[str] | None = None,
     cwd: Path = REPO,
     **env: str,
-) -> Iterator[str]:
-    """Start `alexnet serve` (or `command`) on a free loopback port; yield its URL; stop it."""
-    port = free_port()
+) -> Iterator[Server]:
+    """Start `alexnet serve` (or `command`) on a loopback port (a free one by default).
+
+    Settings go in as ALEXNET_* variables: `max_queue="8"` is ALEXNET_MAX_QUEUE=8.
+    """
+    port = port or free_port()
     environ = {
         **os.environ,
         "ALEXNET_STORE": str(store),
@@ -46,7 +72,8 @@ def running_server(
         "ALEXNET_THREADS": "2",
         **{f"ALEXNET_{k.upper()}": v for k, v in env.items()},
     }
-    log = open(gallery.parent / f"server-{port}.log", "wb")  # noqa: SIM115 - closed below
+    log_path = gallery.parent / f"server-{port}.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - closed below; appended to across restarts
     proc = subprocess.Popen(
         command or [sys.executable, "-m", "training.cli", "serve"],
         env=environ,
@@ -59,7 +86,7 @@ def running_server(
         deadline = time.monotonic() + 120
         path = "/health/ready" if wait_ready else "/health/live"
         while True:
-            assert proc.poll() is None, (gallery.parent / f"server-{port}.log").read_text()[-3000:]
+            assert proc.poll() is None, log_path.read_text()[-3000:]
             try:
                 if httpx.get(url + path, timeout=2).status_code == 200:
                     break
@@ -67,14 +94,29 @@ def running_server(
                 pass
             assert time.monotonic() < deadline, "server did not become ready"
             time.sleep(0.2)
-        yield url
+        yield Server(url, proc, log_path)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         log.close()
+
+
+@contextlib.contextmanager
+def running_server(
+    store: Path,
+    gallery: Path,
+    wait_ready: bool = True,
+    command: list[str] | None = None,
+    cwd: Path = REPO,
+    **env: str,
+) -> Iterator[str]:
+    """`serve`, yielding only the base URL."""
+    with serve(store, gallery, wait_ready, command=command, cwd=cwd, **env) as server:
+        yield server.url
 
 
 def encode(img: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
