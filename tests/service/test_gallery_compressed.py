@@ -165,3 +165,31 @@ def test_compressed_index_reranks_with_exact_distances() -> None:
     compressed.remove(ids[:1000])
     assert compressed.ntotal == 1000
     assert all(i >= ids[1000] for q in queries for i, _ in compressed.search(q, 10))
+
+
+def test_service_uses_the_threshold_and_keeps_deletes(exported: Path, tmp_path: Path) -> None:
+    """ALEXNET_GALLERY_EXACT_MAX reaches the served gallery: compressed from the start, a
+    delete takes effect and survives a restart, answers equal exact search."""
+    import httpx
+
+    from service.model_loader import load_model
+    from tests.service.conftest import API_KEY, running_server
+
+    store_dir, root = exported.parent.parent, tmp_path / "gallery"
+    binding = load_model(store_dir, "tiny", precision="fp32", device="cpu").gallery_binding()
+    vectors = fc7_like(300, seed=8)
+    with Gallery.open(root, **binding) as g:
+        ids = g.add([_new(v, i) for i, v in enumerate(vectors)])
+    env = {"gallery_exact_max": "100", "precision": "fp32", "api_key": API_KEY}
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    want = _exact_answers(vectors, list(range(1, 300)), vectors[1:2], k=5)
+    for run in ("delete", "restart"):
+        with running_server(store_dir, root, **env) as url:
+            if run == "delete":
+                assert httpx.delete(f"{url}/gallery/{ids[0]}", headers=auth).status_code == 204
+            r = httpx.get(f"{url}/gallery/{ids[1]}/similar?k=5&exclude_self=false")
+            got = [(n["metadata"]["i"], n["distance"]) for n in r.json()["neighbors"]]
+            _assert_same([got], want)
+            assert httpx.get(f"{url}/gallery/{ids[0]}").status_code == 404
+    logs = "".join(p.read_text() for p in tmp_path.glob("server-*.log"))
+    assert "300 item(s)" in logs and "299 item(s)" in logs and "compressed index" in logs
