@@ -113,13 +113,15 @@ def main(args: argparse.Namespace) -> dict:
         log.info("decode")
         results["decode"] = {s: throughput.decode_times(js, repeats=10 if s == "500x375" else 4)
                              for s, js in jpegs.items()}  # fmt: skip
-    if "engine" in args.only:
-        results["engine"] = []
-        for precision in args.precisions:
+    results["engine"], results["service"] = [], []
+    for precision in args.precisions:  # the engine, then the service, per precision
+        if "engine" in args.only:
             log.info("raw engine, %s", precision)
             results["engine"] += throughput.engine(
                 store, model, precision, pixels, args.batches, args.threads, args.min_seconds
             )
+        if "service" in args.only:
+            results["service"] += service(args, store, precision, jpegs)
     if "naive" in args.only:
         results["naive"] = {}
         for size, js in jpegs.items():
@@ -127,26 +129,10 @@ def main(args: argparse.Namespace) -> dict:
             results["naive"][size] = throughput.naive(
                 args.work / "run" / "checkpoint.pt", js, repeats=2, threads=args.threads
             )
-    if "service" in args.only:
-        results["service"] = []
-        env = {"precision": "", "threads": str(args.threads), "device": "cpu"}
-        if args.max_wait_ms is not None:
-            env["max_wait_ms"] = str(args.max_wait_ms)
-        for precision in args.precisions:
-            gallery = args.work / "gallery-empty"
-            similarity.remove(gallery)
-            env["precision"] = precision
-            with throughput.server(store, gallery, args.port or free_port(),
-                                   args.work / "server.log", **env) as (url, _):  # fmt: skip
-                for size, js in jpegs.items():
-                    for clients in args.clients:
-                        log.info("service, %s, %s, %d clients", precision, size, clients)
-                        n = args.requests * (2 if clients >= 16 else 1)
-                        row = throughput.load(url, "/predict", js, clients, n)
-                        results["service"].append({"precision": precision, "size": size, **row})
     if "similar" in args.only:
         results["similar"] = similar(args, store, model)
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results["machine"]["load_avg_at_end"] = os.getloadavg()
     results["summary"] = report.summary(results)
     (args.out / "bench.json").write_text(json.dumps(results, indent=2))
     report.plot(results, args.out / "bench.png")
@@ -154,7 +140,27 @@ def main(args: argparse.Namespace) -> dict:
     return results
 
 
+def service(args: argparse.Namespace, store: Path, precision: str, jpegs: dict) -> list[dict]:
+    """POST /predict with 1, 4, 16 concurrent clients, one JPEG per request."""
+    env = {"precision": precision, "threads": str(args.threads), "device": "cpu"}
+    if args.max_wait_ms is not None:
+        env["max_wait_ms"] = str(args.max_wait_ms)
+    gallery = args.work / "gallery-empty"
+    similarity.remove(gallery)
+    rows = []
+    port = args.port or free_port()
+    with throughput.server(store, gallery, port, args.work / "server.log", **env) as (url, _):
+        for size, js in jpegs.items():
+            for clients in args.clients:
+                log.info("service, %s, %s, %d clients", precision, size, clients)
+                n = args.requests * (2 if clients >= 16 else 1)
+                row = throughput.load(url, "/predict", js, clients, n)
+                rows.append({"precision": precision, "size": size, **row})
+    return rows
+
+
 def similar(args: argparse.Namespace, store: Path, model: str) -> list[dict]:
+    from service.config import Settings
     from service.model_loader import load_model
 
     loaded = load_model(store, model, precision="int8", device="cpu", threads=args.threads)
@@ -177,8 +183,9 @@ def similar(args: argparse.Namespace, store: Path, model: str) -> list[dict]:
             ready_s = time.perf_counter() - start
             log.info("similar: %d vectors, ready after %.0f s; querying", n, ready_s)
             row = similarity.measure(url, truth)
-            row.update(size=n, real_vectors=len(real), fill_s=truth["fill_s"], ready_s=ready_s,
-                       server_rss_mb=similarity.rss_mb(proc.pid))  # fmt: skip
+            kind = "exact" if n <= Settings().gallery_exact_max else "compressed"
+            row.update(size=n, index=kind, real_vectors=len(real), fill_s=truth["fill_s"],
+                       ready_s=ready_s, server_rss_mb=similarity.rss_mb(proc.pid))  # fmt: skip
             similar_post = throughput.load(url, "/similar", photos.photo_jpegs("500x375", 4), 1, 20)
             row["post_similar_p50_ms"] = similar_post["p50_ms"]
         log.info("similar: %s", row)

@@ -2,12 +2,12 @@
 
 - `ExactIndex`: FAISS `IDMap2,Flat` (squared L2 over every full vector). At 4096-d that is
   16 KB a vector in memory and one full scan per query: fine up to some ten thousand items.
-- `CompressedIndex`: FAISS `PCA256,IVFn,SQ8` (PCA to 256 dims, an inverted file of `n`
-  lists, 8-bit scalar codes: about 270 B a vector), searched for a short list of candidates
-  (`rerank`, at least 4 x k) that are then ranked again by their exact Euclidean distance,
-  computed from the full vectors that `fetch` reads (the gallery's SQLite rows). PCA short
-  codes for FC7 are what the AlexNet paper suggests and what Babenko et al. (2014) found to
-  work; the exact re-ranking makes the distances returned exact.
+- `CompressedIndex`: PCA to 256 dims (a randomized SVD of a sample), then FAISS `IVFn,SQ8`
+  (an inverted file of `n` lists, 8-bit scalar codes: about 270 B a vector), searched for
+  a short list of candidates (`rerank`, at least 4 x k) that are then ranked again by
+  their exact Euclidean distance, computed from the full vectors that `fetch` reads (the
+  gallery's SQLite rows). PCA short codes for FC7 are what the AlexNet paper suggests and
+  what Babenko et al. (2014) found to work; the re-ranking makes the distances exact.
 
 Both take int64 ids (the gallery's SQLite rowids) and answer `search` with (id, squared
 distance) pairs, nearest first. Neither is thread-safe: the gallery's lock serialises them.
@@ -26,7 +26,8 @@ NPROBE = 48  # inverted lists visited per query
 RERANK = 128  # candidates re-ranked exactly per query (at least 4 x k)
 MIN_POINTS_PER_LIST = 39  # FAISS's k-means wants at least 39 training points per list
 MAX_LISTS = 4096
-TRAIN_SAMPLE = 32_768  # vectors read to train the PCA and the lists (512 MB at 4096-d)
+TRAIN_SAMPLE = 32_768  # vectors read to train the lists (512 MB at 4096-d)
+PCA_SAMPLE = 8192  # of those, used for the PCA
 MIN_TRAIN = 64  # fewer vectors than this cannot train a compressed index
 
 Fetch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -70,6 +71,29 @@ class ExactIndex:
         return self.ntotal * (self.dim * 4 + 8)
 
 
+def pca_transform(sample: np.ndarray, k: int, seed: int = 0) -> faiss.LinearTransform:
+    """x -> the coordinates of x - mean along the top `k` principal directions of `sample`.
+
+    A randomized SVD (Halko et al. 2011: a Gaussian sketch of k + 16 columns, two power
+    iterations): seconds at 8192 x 4096, where an eigendecomposition of the 4096 x 4096
+    covariance (faiss's PCAMatrix) takes minutes on two cores.
+    """
+    mean = sample.mean(0)
+    centred = sample - mean
+    width = min(k + 16, *centred.shape)
+    sketch = np.random.default_rng(seed).standard_normal((centred.shape[1], width))
+    q, _ = np.linalg.qr(centred @ sketch.astype(np.float32))
+    for _ in range(2):
+        q, _ = np.linalg.qr(centred @ (centred.T @ q))
+    _, _, vt = np.linalg.svd(q.T @ centred, full_matrices=False)
+    a = np.ascontiguousarray(vt[:k], dtype=np.float32)  # (k, dim)
+    transform = faiss.LinearTransform(sample.shape[1], k, True)
+    faiss.copy_array_to_vector(a.ravel(), transform.A)
+    faiss.copy_array_to_vector((-a @ mean).astype(np.float32), transform.b)
+    transform.is_trained = True
+    return transform
+
+
 def list_count(expected: int, train_size: int) -> int:
     """Inverted lists for `expected` vectors trained on `train_size`: about 4 sqrt(expected),
     capped so each list gets enough training points."""
@@ -107,13 +131,13 @@ class CompressedIndex:
         self.dim, self.fetch, self.rerank = dim, fetch, rerank
         self.pca_dim = min(PCA_DIM, dim, len(sample) - 1)
         self.nlist = list_count(expected, len(sample))
-        self._index = faiss.index_factory(dim, f"PCA{self.pca_dim},IVF{self.nlist},SQ8")
-        self._index.train(sample)
-        # Only the projection (A, b) is applied; the full eigenvector matrix is dead weight
-        # (64 MB at 4096-d).
-        faiss.downcast_VectorTransform(self._index.chain.at(0)).PCAMat.clear()
-        self._ivf = faiss.extract_index_ivf(self._index)
+        # Kept as attributes: the pre-transform index only points at its parts.
+        step = max(1, len(sample) // PCA_SAMPLE)
+        self._pca = pca_transform(sample[::step][:PCA_SAMPLE], self.pca_dim)
+        self._ivf = faiss.index_factory(self.pca_dim, f"IVF{self.nlist},SQ8")
+        self._ivf.train(self._pca.apply(sample))
         self._ivf.nprobe = min(nprobe, self.nlist)
+        self._index = faiss.IndexPreTransform(self._pca, self._ivf)
 
     @property
     def ntotal(self) -> int:
