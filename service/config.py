@@ -28,7 +28,7 @@ class Settings(BaseSettings):
     )
     gallery: Path = Field(Path("gallery"), description="gallery folder (vectors, images, database)")
     gallery_exact_max: int = Field(
-        20_000,
+        5_000,
         ge=0,
         description="up to this many gallery items the search is exact; above, a compressed "
         "index (PCA + IVF + 8-bit codes) with exact re-ranking",

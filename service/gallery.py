@@ -56,7 +56,7 @@ IMAGE_NAME_RE = re.compile(r"[0-9a-f]{32}\.[a-z0-9]{1,10}")
 TMP_PREFIX = ".tmp-"
 READ_CHUNK = 1024  # rows per query when rebuilding the index (16 MB of 4096-d vectors)
 SQL_VARS_CHUNK = 500  # old SQLite builds allow only 999 bound parameters per statement
-DEFAULT_EXACT_MAX = 20_000  # above this many items the index is compressed (exact: ~65 ms/query)
+DEFAULT_EXACT_MAX = 5_000  # above this many items the index is compressed (exact: ~5 ms per 1k)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (

@@ -35,7 +35,7 @@ def test_api_key_is_secret(monkeypatch) -> None:
 
 
 def test_gallery_exact_max(monkeypatch) -> None:
-    assert Settings().gallery_exact_max == 20_000
+    assert Settings().gallery_exact_max == 5_000
     monkeypatch.setenv("ALEXNET_GALLERY_EXACT_MAX", "500")
     assert Settings().gallery_exact_max == 500
     monkeypatch.setenv("ALEXNET_GALLERY_EXACT_MAX", "-1")
