@@ -388,7 +388,13 @@ class Gallery:
         rowids = np.array([r[0] for r in db.execute("SELECT rowid FROM items")], dtype=np.int64)
         if len(rowids) > TRAIN_SAMPLE:
             rowids = np.sort(np.random.default_rng(0).choice(rowids, TRAIN_SAMPLE, replace=False))
-        _, sample = self._fetch(rowids)
+        sample = np.empty((len(rowids), self.dim), dtype=np.float32)  # filled chunk by chunk:
+        filled = 0  # no second copy of the whole sample as bytes
+        for start in range(0, len(rowids), READ_CHUNK):
+            _, vectors = self._fetch(rowids[start : start + READ_CHUNK])
+            sample[filled : filled + len(vectors)] = vectors
+            filled += len(vectors)
+        sample = sample[:filled]
         log.info("gallery %s: training a compressed index on %d vectors", self.root, len(sample))
         return CompressedIndex(self.dim, self._fetch, sample, expected=count)
 
