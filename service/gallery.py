@@ -196,7 +196,7 @@ def _check_model(model_sha256: str, model_id: str) -> None:
 
 
 class Gallery:
-    """Images with FC7 vectors in SQLite + files, searched with an exact FAISS index.
+    """Images with FC7 vectors in SQLite + files, searched with a FAISS index in memory.
 
     Open with `Gallery.open`. Safe to share between threads: one lock serialises database
     access and index updates, and searches take it too so they never see a half-applied
@@ -359,7 +359,7 @@ class Gallery:
             log.warning("gallery %s: %d item(s) have no image file", self.root, missing)
         log.info(
             "gallery %s: %d item(s), model %s, %s index",
-            self.root, len(known), self.model_id, self.index_kind,
+            self.root, len(self), self.model_id, self.index_kind,
         )  # fmt: skip
 
     # ----------------------------------------------------------------- the index

@@ -23,7 +23,7 @@ import numpy as np
 
 PCA_DIM = 256  # dims kept by the PCA of the compressed index
 NPROBE = 48  # inverted lists visited per query
-RERANK = 128  # candidates re-ranked exactly per query (at least 4 x k)
+RERANK = 64  # candidates re-ranked exactly per query (at least 4 x k)
 MIN_POINTS_PER_LIST = 39  # FAISS's k-means wants at least 39 training points per list
 MAX_LISTS = 4096
 TRAIN_SAMPLE = 32_768  # vectors read to train the lists (512 MB at 4096-d)
