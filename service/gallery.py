@@ -43,7 +43,13 @@ from typing import Any
 import numpy as np
 
 from service.store import now_iso
-from service.vector_index import MIN_TRAIN, TRAIN_SAMPLE, CompressedIndex, ExactIndex
+from service.vector_index import (
+    MIN_TRAIN,
+    PCA_SAMPLE,
+    TRAIN_SAMPLE,
+    CompressedIndex,
+    ExactIndex,
+)
 
 log = logging.getLogger(__name__)
 
@@ -383,20 +389,18 @@ class Gallery:
         return np.array(found, dtype=np.int64), vectors.astype(np.float32, copy=False)
 
     def _train_compressed(self, count: int) -> CompressedIndex:
-        """A compressed index trained on an even sample of the stored vectors (not filled)."""
+        """A compressed index trained on a random sample of the stored vectors (not filled)."""
         db = self._require_open()
         rowids = np.array([r[0] for r in db.execute("SELECT rowid FROM items")], dtype=np.int64)
-        if len(rowids) > TRAIN_SAMPLE:
-            rowids = np.sort(np.random.default_rng(0).choice(rowids, TRAIN_SAMPLE, replace=False))
-        sample = np.empty((len(rowids), self.dim), dtype=np.float32)  # filled chunk by chunk:
-        filled = 0  # no second copy of the whole sample as bytes
-        for start in range(0, len(rowids), READ_CHUNK):
-            _, vectors = self._fetch(rowids[start : start + READ_CHUNK])
-            sample[filled : filled + len(vectors)] = vectors
-            filled += len(vectors)
-        sample = sample[:filled]
-        log.info("gallery %s: training a compressed index on %d vectors", self.root, len(sample))
-        return CompressedIndex(self.dim, self._fetch, sample, expected=count)
+        rng = np.random.default_rng(0)
+        rowids = rng.permutation(rowids)[:TRAIN_SAMPLE]
+        # The first PCA_SAMPLE vectors train the PCA too; the others only the lists, read a
+        # chunk at a time and kept in PCA dimensions.
+        first, rest = np.sort(rowids[:PCA_SAMPLE]), np.sort(rowids[PCA_SAMPLE:])
+        chunks = (self._fetch(rest[i : i + READ_CHUNK])[1] for i in range(0, len(rest), READ_CHUNK))
+        log.info("gallery %s: training a compressed index on %d vectors", self.root, len(rowids))
+        return CompressedIndex(self.dim, self._fetch, self._fetch(first)[1], expected=count,
+                               more=chunks)  # fmt: skip
 
     def _compress_now(self) -> None:
         """Switch the exact index to a compressed one holding every row (the lock is held)."""
@@ -611,7 +615,11 @@ class Gallery:
                 if self._wants_compressed(len(stacked)):
                     pick = np.random.default_rng(0).permutation(len(stacked))[:TRAIN_SAMPLE]
                     index = CompressedIndex(
-                        self.dim, self._fetch, stacked[pick], expected=len(stacked)
+                        self.dim,
+                        self._fetch,
+                        stacked[pick[:PCA_SAMPLE]],
+                        expected=len(stacked),
+                        more=[stacked[pick[PCA_SAMPLE:]]],
                     )
                 index.add(stacked, rowids)
             with self._transaction() as tx:

@@ -16,7 +16,7 @@ distance) pairs, nearest first. Neither is thread-safe: the gallery's lock seria
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import faiss
 import numpy as np
@@ -26,8 +26,8 @@ NPROBE = 48  # inverted lists visited per query
 RERANK = 64  # candidates re-ranked exactly per query (at least 4 x k)
 MIN_POINTS_PER_LIST = 39  # FAISS's k-means wants at least 39 training points per list
 MAX_LISTS = 4096
-TRAIN_SAMPLE = 32_768  # vectors read to train the lists (512 MB at 4096-d)
-PCA_SAMPLE = 8192  # of those, used for the PCA
+TRAIN_SAMPLE = 65_536  # vectors that train the lists (read in chunks, kept as 256-d: 64 MB)
+PCA_SAMPLE = 8192  # of those, the ones that train the PCA (128 MB at 4096-d)
 MIN_TRAIN = 64  # fewer vectors than this cannot train a compressed index
 
 Fetch = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
@@ -107,7 +107,8 @@ class CompressedIndex:
     Args:
         dim: vector length.
         fetch: reads full vectors by id for the re-ranking.
-        sample: (m, dim) training vectors (a sample of the gallery, m >= MIN_TRAIN).
+        sample: (m, dim) vectors that train the PCA and the lists (m >= MIN_TRAIN).
+        more: further (j, dim) chunks that train the lists only, projected as they come.
         expected: how many vectors the index will hold (sizes the inverted file).
         nprobe: lists visited per query.
         rerank: candidates re-ranked exactly per query.
@@ -122,6 +123,7 @@ class CompressedIndex:
         sample: np.ndarray,
         *,
         expected: int,
+        more: Iterable[np.ndarray] = (),
         nprobe: int = NPROBE,
         rerank: int = RERANK,
     ) -> None:
@@ -130,12 +132,15 @@ class CompressedIndex:
             raise ValueError(f"a compressed index needs >= {MIN_TRAIN} training vectors")
         self.dim, self.fetch, self.rerank = dim, fetch, rerank
         self.pca_dim = min(PCA_DIM, dim, len(sample) - 1)
-        self.nlist = list_count(expected, len(sample))
         # Kept as attributes: the pre-transform index only points at its parts.
         step = max(1, len(sample) // PCA_SAMPLE)
         self._pca = pca_transform(sample[::step][:PCA_SAMPLE], self.pca_dim)
+        projected = np.concatenate(
+            [self._pca.apply(sample)] + [self._pca.apply(_as_matrix(c, dim)) for c in more]
+        )
+        self.nlist = list_count(expected, len(projected))
         self._ivf = faiss.index_factory(self.pca_dim, f"IVF{self.nlist},SQ8")
-        self._ivf.train(self._pca.apply(sample))
+        self._ivf.train(projected)
         self._ivf.nprobe = min(nprobe, self.nlist)
         self._index = faiss.IndexPreTransform(self._pca, self._ivf)
 
