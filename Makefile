@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test soak lint install clean
+.PHONY: run test soak lint install clean bench bench-1m
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ run: $(STAMP)
 	$(BIN)/alexnet quickstart
 
 test: $(STAMP)
-	$(BIN)/ruff check training service tests
+	$(BIN)/ruff check training service tests bench
 	$(BIN)/python -m pytest -q
 
 # Load (64 clients, 60 s), ten SIGKILLs and a long schemathesis run against real servers on
@@ -30,8 +30,17 @@ soak: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m soak tests/soak
 
 lint: $(STAMP)
-	$(BIN)/ruff check training service tests
-	$(BIN)/ruff format --check training service tests
+	$(BIN)/ruff check training service tests bench
+	$(BIN)/ruff format --check training service tests bench
+
+# Speed, measured in one run: raw engine vs service vs naive PyTorch, /similar at 10k and 100k.
+# Writes bench/results/bench.json and bench.png; the model is made in bench/work (first run).
+bench: $(STAMP)
+	$(BIN)/python -m bench --out bench/results
+
+# /similar with 1M gallery vectors (about 17 GB of disk in bench/work while it runs).
+bench-1m: $(STAMP)
+	$(BIN)/python -m bench --only similar --sizes 1000000 --out bench/results-1m
 
 clean:
 	rm -rf $(VENV) .pytest_cache

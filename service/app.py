@@ -74,7 +74,9 @@ async def load(state: AppState) -> None:
         )
         await engine.start()
         state.gallery = await run_in_threadpool(
-            lambda: Gallery.open(s.gallery, **loaded.gallery_binding())
+            lambda: Gallery.open(
+                s.gallery, exact_max=s.gallery_exact_max, **loaded.gallery_binding()
+            )
         )
         state.metrics.gallery_items.set(len(state.gallery))
         state.engine = engine

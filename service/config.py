@@ -27,6 +27,12 @@ class Settings(BaseSettings):
         None, ge=1, description="onnxruntime intra-op threads (default: onnxruntime's)"
     )
     gallery: Path = Field(Path("gallery"), description="gallery folder (vectors, images, database)")
+    gallery_exact_max: int = Field(
+        5_000,
+        ge=0,
+        description="up to this many gallery items the search is exact; above, a compressed "
+        "index (PCA + IVF + 8-bit codes) with exact re-ranking",
+    )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
     api_key: SecretStr | None = Field(

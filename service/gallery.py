@@ -1,15 +1,20 @@
-"""A durable gallery of images and their FC7 vectors, searched by exact Euclidean distance.
+"""A durable gallery of images and their FC7 vectors, searched by Euclidean distance.
 
     root/
       gallery.sqlite3     items (id, label, metadata, image file, sha256, vector) + meta (model)
       gallery.lock        held (flock) while a process has the gallery open
       images/<id><ext>    the uploaded bytes, as uploaded
 
-SQLite is the source of truth; the FAISS index (`IDMap2,Flat`, FAISS id = SQLite rowid) is an
-in-memory copy rebuilt at open. An image file is written and fsynced before its row is
-committed, so an item that `add` returned survives a crash; a file without a row is removed
-at the next open. Vectors of different models never mix: a gallery is bound to the sha256
-of the model that made its vectors (`GalleryModelMismatchError`, `replace_vectors`).
+SQLite is the source of truth; the FAISS index (FAISS id = SQLite rowid) is an in-memory copy
+rebuilt at open: exact (`IDMap2,Flat`) while the gallery holds at most `exact_max` items,
+above that a compressed one (`service.vector_index.CompressedIndex`: PCA + IVF + 8-bit codes,
+candidates re-ranked by their exact distance from the vectors in SQLite). The switch happens
+at open or when an add crosses the size; a delete takes effect in either.
+
+An image file is written and fsynced before its row is committed, so an item that `add`
+returned survives a crash; a file without a row is removed at the next open. Vectors of
+different models never mix: a gallery is bound to the sha256 of the model that made its
+vectors (`GalleryModelMismatchError`, `replace_vectors`).
 
 Example:
     with Gallery.open("gallery", model_sha256=manifest.sha256, model_id=manifest.id) as g:
@@ -35,10 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from service.store import now_iso
+from service.vector_index import (
+    MIN_TRAIN,
+    PCA_SAMPLE,
+    TRAIN_SAMPLE,
+    CompressedIndex,
+    ExactIndex,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +62,7 @@ IMAGE_NAME_RE = re.compile(r"[0-9a-f]{32}\.[a-z0-9]{1,10}")
 TMP_PREFIX = ".tmp-"
 READ_CHUNK = 1024  # rows per query when rebuilding the index (16 MB of 4096-d vectors)
 SQL_VARS_CHUNK = 500  # old SQLite builds allow only 999 bound parameters per statement
+DEFAULT_EXACT_MAX = 5_000  # above this many items the index is compressed (exact: ~5 ms per 1k)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -189,12 +201,8 @@ def _check_model(model_sha256: str, model_id: str) -> None:
         raise ValueError("model_id must be a non-empty string")
 
 
-def _new_index(dim: int) -> faiss.IndexIDMap2:
-    return faiss.IndexIDMap2(faiss.IndexFlatL2(dim))
-
-
 class Gallery:
-    """Images with FC7 vectors in SQLite + files, searched with an exact FAISS index.
+    """Images with FC7 vectors in SQLite + files, searched with a FAISS index in memory.
 
     Open with `Gallery.open`. Safe to share between threads: one lock serialises database
     access and index updates, and searches take it too so they never see a half-applied
@@ -202,22 +210,34 @@ class Gallery:
     """
 
     def __init__(
-        self, root: Path, db: sqlite3.Connection, lock_fd: int, binding: ModelBinding
+        self,
+        root: Path,
+        db: sqlite3.Connection,
+        lock_fd: int,
+        binding: ModelBinding,
+        exact_max: int = DEFAULT_EXACT_MAX,
     ) -> None:
         """Internal: use `Gallery.open`."""
         self.root = root
         self.images_dir = root / IMAGES_DIR
+        self.exact_max = exact_max
         self._db: sqlite3.Connection | None = db
         self._lock_fd = lock_fd
         self._binding = binding
         self._lock = threading.Lock()
-        self._index = _new_index(binding.dim)
+        self._index: ExactIndex | CompressedIndex = ExactIndex(binding.dim)
 
     # ----------------------------------------------------------------- lifecycle
 
     @classmethod
     def open(
-        cls, root: str | Path, *, model_sha256: str, model_id: str, dim: int = DEFAULT_DIM
+        cls,
+        root: str | Path,
+        *,
+        model_sha256: str,
+        model_id: str,
+        dim: int = DEFAULT_DIM,
+        exact_max: int = DEFAULT_EXACT_MAX,
     ) -> Gallery:
         """Open (or create) the gallery in `root`, bound to the model that makes its vectors.
 
@@ -226,6 +246,8 @@ class Gallery:
             model_sha256: sha256 of the model serving the vectors (manifest `sha256`).
             model_id: its "name:version", for messages.
             dim: vector length (FC7: 4096).
+            exact_max: up to this many items the index is exact; above, compressed with
+                exact re-ranking (it needs at least 64 items to train).
 
         Raises:
             GalleryModelMismatchError: the gallery holds vectors of another model.
@@ -234,6 +256,8 @@ class Gallery:
         _check_model(model_sha256, model_id)
         if dim < 1:
             raise ValueError(f"dim must be >= 1, got {dim}")
+        if exact_max < 0:
+            raise ValueError(f"exact_max must be >= 0, got {exact_max}")
         root = Path(root)
         (root / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
         # The index is a copy of the table, valid only while this process is the only
@@ -258,7 +282,7 @@ class Gallery:
             for folder in (root / IMAGES_DIR, root):  # make a new gallery's entries durable
                 _fsync_dir(folder)
             binding = cls._bind_model(db, root, model_sha256, model_id, dim)
-            gallery = cls(root, db, lock_fd, binding)
+            gallery = cls(root, db, lock_fd, binding, exact_max)
             gallery._load()
         except BaseException:
             if db is not None:
@@ -301,6 +325,9 @@ class Gallery:
     def _load(self) -> None:
         """Rebuild the index from the table and remove image files without a row."""
         db, dim = self._require_open(), self.dim
+        count = db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+        if self._wants_compressed(count):
+            self._index = self._train_compressed(count)
         known: set[str] = set()
         last = 0
         while True:
@@ -320,7 +347,7 @@ class Gallery:
                 known.add(image_file)
             ids = np.array([r[0] for r in rows], dtype=np.int64)
             vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(-1, dim)
-            self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), ids)
+            self._index.add(vectors, ids)
             last = rows[-1][0]
 
         removed = 0
@@ -336,7 +363,68 @@ class Gallery:
         missing = sum(1 for name in known if not (self.images_dir / name).is_file())
         if missing:
             log.warning("gallery %s: %d item(s) have no image file", self.root, missing)
-        log.info("gallery %s: %d item(s), model %s", self.root, len(known), self.model_id)
+        log.info(
+            "gallery %s: %d item(s), model %s, %s index",
+            self.root, len(self), self.model_id, self.index_kind,
+        )  # fmt: skip
+
+    # ----------------------------------------------------------------- the index
+
+    def _wants_compressed(self, count: int) -> bool:
+        return count > self.exact_max and count >= MIN_TRAIN
+
+    def _fetch(self, rowids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Full vectors of these rowids from SQLite (the caller holds the lock)."""
+        db, found, blobs = self._require_open(), [], []
+        ids = [int(i) for i in rowids]
+        for start in range(0, len(ids), SQL_VARS_CHUNK):
+            chunk = ids[start : start + SQL_VARS_CHUNK]
+            marks = ",".join("?" * len(chunk))  # only placeholders are formatted in
+            for rowid, blob in db.execute(
+                f"SELECT rowid, vector FROM items WHERE rowid IN ({marks})", chunk
+            ):
+                found.append(rowid)
+                blobs.append(blob)
+        vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(-1, self.dim)
+        return np.array(found, dtype=np.int64), vectors.astype(np.float32, copy=False)
+
+    def _train_compressed(self, count: int) -> CompressedIndex:
+        """A compressed index trained on a random sample of the stored vectors (not filled)."""
+        db = self._require_open()
+        rowids = np.array([r[0] for r in db.execute("SELECT rowid FROM items")], dtype=np.int64)
+        rng = np.random.default_rng(0)
+        rowids = rng.permutation(rowids)[:TRAIN_SAMPLE]
+        # The first PCA_SAMPLE vectors train the PCA too; the others only the lists, read a
+        # chunk at a time and kept in PCA dimensions.
+        first, rest = np.sort(rowids[:PCA_SAMPLE]), np.sort(rowids[PCA_SAMPLE:])
+        chunks = (self._fetch(rest[i : i + READ_CHUNK])[1] for i in range(0, len(rest), READ_CHUNK))
+        log.info("gallery %s: training a compressed index on %d vectors", self.root, len(rowids))
+        return CompressedIndex(self.dim, self._fetch, self._fetch(first)[1], expected=count,
+                               more=chunks)  # fmt: skip
+
+    def _compress_now(self) -> None:
+        """Switch the exact index to a compressed one holding every row (the lock is held)."""
+        db, count = self._require_open(), self._index.ntotal
+        try:
+            index = self._train_compressed(count)
+            last = 0
+            while rows := db.execute(
+                "SELECT rowid, vector FROM items WHERE rowid > ? ORDER BY rowid LIMIT ?",
+                (last, READ_CHUNK),
+            ).fetchall():
+                vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4")
+                index.add(vectors.reshape(-1, self.dim), np.array([r[0] for r in rows]))
+                last = rows[-1][0]
+        except Exception:  # noqa: BLE001 - the rows are committed; the exact index still serves
+            log.exception("gallery %s: could not build the compressed index", self.root)
+            return
+        self._index = index
+        log.info("gallery %s: %d items, switched to the compressed index", self.root, count)
+
+    @property
+    def index_kind(self) -> str:
+        """ "exact" or "compressed"."""
+        return self._index.kind
 
     def close(self) -> None:
         """Close the database and release the folder; further calls raise RuntimeError."""
@@ -346,7 +434,7 @@ class Gallery:
             self._db.close()
             self._db = None
             os.close(self._lock_fd)
-            self._index = _new_index(self.dim)
+            self._index = ExactIndex(self.dim)
 
     def __enter__(self) -> Gallery:
         return self
@@ -390,7 +478,7 @@ class Gallery:
         return self._binding.dim
 
     def __len__(self) -> int:
-        return int(self._index.ntotal)
+        return self._index.ntotal
 
     # ----------------------------------------------------------------- writes
 
@@ -461,7 +549,9 @@ class Gallery:
                     ]
                 committed = True
                 # Under the same lock as the commit, so a remove cannot slip in between.
-                self._index.add_with_ids(np.stack(vectors), np.array(rowids, dtype=np.int64))
+                self._index.add(np.stack(vectors), np.array(rowids, dtype=np.int64))
+                if self._index.kind == "exact" and self._wants_compressed(self._index.ntotal):
+                    self._compress_now()
         except BaseException:
             if not committed:  # once committed, the files belong to rows
                 for path in written:
@@ -488,7 +578,7 @@ class Gallery:
                 (self.images_dir / image_file).unlink(missing_ok=True)
             except OSError as e:  # the item is gone all the same; the file is an orphan now
                 log.warning("gallery %s: could not remove %s: %s", self.root, image_file, e)
-            self._index.remove_ids(np.array([rowid], dtype=np.int64))
+            self._index.remove(np.array([rowid], dtype=np.int64))
         return True
 
     def replace_vectors(
@@ -519,9 +609,19 @@ class Gallery:
                 )
             rowids = np.array([rowid_of[k] for k in checked], dtype=np.int64)
             # Built before the commit, so running out of memory changes nothing.
-            index = _new_index(self.dim)
+            index: ExactIndex | CompressedIndex = ExactIndex(self.dim)
             if checked:
-                index.add_with_ids(np.stack(list(checked.values())), rowids)
+                stacked = np.stack(list(checked.values()))
+                if self._wants_compressed(len(stacked)):
+                    pick = np.random.default_rng(0).permutation(len(stacked))[:TRAIN_SAMPLE]
+                    index = CompressedIndex(
+                        self.dim,
+                        self._fetch,
+                        stacked[pick[:PCA_SAMPLE]],
+                        expected=len(stacked),
+                        more=[stacked[pick[PCA_SAMPLE:]]],
+                    )
+                index.add(stacked, rowids)
             with self._transaction() as tx:
                 tx.executemany(
                     "UPDATE items SET vector = ? WHERE rowid = ?",
@@ -651,17 +751,11 @@ class Gallery:
 
     def _search_locked(self, query: np.ndarray, k: int, skip: int | None) -> list[Neighbor]:
         db = self._require_open()
-        n = min(k + (skip is not None), int(self._index.ntotal))
+        n = min(k + (skip is not None), self._index.ntotal)
         if n == 0:
             return []
-        sq_dist, ids = self._index.search(query.reshape(1, -1), n)
         # Skip by rowid, not by rank: an exact duplicate may rank before the item itself.
-        hits = [
-            (int(i), float(d))
-            for i, d in zip(ids[0], sq_dist[0], strict=True)
-            if i >= 0 and i != skip
-        ]
-        hits = hits[:k]
+        hits = [(i, d) for i, d in self._index.search(query, n) if i != skip][:k]
         rows: dict[int, tuple] = {}
         for start in range(0, len(hits), SQL_VARS_CHUNK):
             chunk = [rowid for rowid, _ in hits[start : start + SQL_VARS_CHUNK]]

@@ -72,7 +72,9 @@ def main(args: argparse.Namespace) -> list[str]:
     settings, engine = engine_from(args)
     ids: list[str] = []
     skipped = 0
-    with Gallery.open(settings.gallery, **engine.loaded.gallery_binding()) as gallery:
+    with Gallery.open(
+        settings.gallery, exact_max=settings.gallery_exact_max, **engine.loaded.gallery_binding()
+    ) as gallery:
         bar = tqdm(total=len(paths), desc=f"indexing into {settings.gallery}", unit="img")
         for start in range(0, len(paths), args.batch_size):
             chunk = paths[start : start + args.batch_size]

@@ -39,7 +39,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"{settings.gallery} is already embedded with {binding['model_id']}; nothing to do")
         return 0
     with Gallery.open(
-        settings.gallery, model_sha256=recorded.model_sha256, model_id=recorded.model_id
+        settings.gallery,
+        model_sha256=recorded.model_sha256,
+        model_id=recorded.model_id,
+        exact_max=settings.gallery_exact_max,
     ) as g:
         stored = list(g.iter_images())
         vectors = {}

@@ -32,3 +32,12 @@ def test_api_key_is_secret(monkeypatch) -> None:
     monkeypatch.setenv("ALEXNET_API_KEY", "s3cret")
     s = Settings()
     assert s.api_key.get_secret_value() == "s3cret" and "s3cret" not in repr(s)
+
+
+def test_gallery_exact_max(monkeypatch) -> None:
+    assert Settings().gallery_exact_max == 5_000
+    monkeypatch.setenv("ALEXNET_GALLERY_EXACT_MAX", "500")
+    assert Settings().gallery_exact_max == 500
+    monkeypatch.setenv("ALEXNET_GALLERY_EXACT_MAX", "-1")
+    with pytest.raises(pydantic.ValidationError, match="gallery_exact_max"):
+        Settings()

@@ -1,0 +1,1 @@
+"""Benchmarks: raw engine, the service end to end, a naive baseline, similarity search."""

@@ -1,0 +1,202 @@
+"""`make bench`: raw engine vs the service vs a naive baseline, and similarity search.
+
+    python -m bench                                  # everything, galleries of 10k and 100k
+    python -m bench --only similar --sizes 1000000   # `make bench-1m`
+    python -m bench --only engine service naive decode --precisions int8
+
+Everything runs in one process tree on this machine, one part after the other, so the
+ratios between them hold on a noisy host. Writes OUT/bench.json and OUT/bench.png and
+prints a table. The model is made by the bench itself (see bench/models.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import models, photos, report, similarity, throughput
+from training.imaging import find_images, load_256
+
+log = logging.getLogger("bench")
+PARTS = ("decode", "engine", "naive", "service", "similar")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--work",
+        type=Path,
+        default=Path("bench/work"),
+        help="models, images and galleries (default: bench/work)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("bench/results"),
+        help="where bench.json and bench.png go (default: bench/results)",
+    )
+    p.add_argument(
+        "--only", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default: all)"
+    )
+    p.add_argument("--precisions", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"])
+    p.add_argument("--batches", nargs="+", type=int, default=[1, 2, 4, 8, 16])
+    p.add_argument("--clients", nargs="+", type=int, default=[1, 4, 16])
+    p.add_argument(
+        "--requests",
+        type=int,
+        default=48,
+        help="requests per service measurement (default: 48; x2 at 16 clients)",
+    )
+    p.add_argument(
+        "--sizes",
+        nargs="+",
+        type=int,
+        default=[10_000, 100_000],
+        help="gallery sizes for /similar (default: 10000 100000)",
+    )
+    p.add_argument("--queries", type=int, default=200, help="/similar queries per size")
+    p.add_argument("--threads", type=int, default=2, help="onnxruntime / torch threads")
+    p.add_argument(
+        "--min-seconds",
+        type=float,
+        default=4.0,
+        help="time per raw engine measurement (default: 4)",
+    )
+    p.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=None,
+        help="ALEXNET_MAX_WAIT_MS of the served model (default: the service's)",
+    )
+    p.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
+    return p  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())  # fmt: skip
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cpus": os.cpu_count(), "memory_gib": round(mem, 1),
+            "load_avg_at_start": os.getloadavg(), "python": platform.python_version(),
+            "gpu": "none"}  # fmt: skip
+
+
+def main(args: argparse.Namespace) -> dict:
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
+                     "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
+    store = models.build(args.work)
+    model = f"{models.NAME}:1"
+    results["int8_agreement"] = models.int8_agreement(store)
+    jpegs = {size: photos.photo_jpegs(size, count=8 if size == "500x375" else 3)
+             for size in photos.SIZES}  # fmt: skip
+    results["jpeg_bytes"] = {s: int(np.mean([len(j) for j in js])) for s, js in jpegs.items()}
+    pixels = np.stack([load_256(j) for j in jpegs["500x375"]])
+
+    if "decode" in args.only:
+        log.info("decode")
+        results["decode"] = {s: throughput.decode_times(js, repeats=10 if s == "500x375" else 4)
+                             for s, js in jpegs.items()}  # fmt: skip
+    results["engine"], results["service"] = [], []
+    for precision in args.precisions:  # the engine, then the service, per precision
+        if "engine" in args.only:
+            log.info("raw engine, %s", precision)
+            results["engine"] += throughput.engine(
+                store, model, precision, pixels, args.batches, args.threads, args.min_seconds
+            )
+        if "service" in args.only:
+            results["service"] += service(args, store, precision, jpegs)
+    if "naive" in args.only:
+        results["naive"] = {}
+        for size, js in jpegs.items():
+            log.info("naive baseline, %s", size)
+            results["naive"][size] = throughput.naive(
+                args.work / "run" / "checkpoint.pt", js, repeats=2, threads=args.threads
+            )
+    if "similar" in args.only:
+        results["similar"] = similar(args, store, model)
+    results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    results["machine"]["load_avg_at_end"] = os.getloadavg()
+    results["summary"] = report.summary(results)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=2))
+    report.plot(results, args.out / "bench.png")
+    print(report.table(results))
+    return results
+
+
+def service(args: argparse.Namespace, store: Path, precision: str, jpegs: dict) -> list[dict]:
+    """POST /predict with 1, 4, 16 concurrent clients, one JPEG per request."""
+    env = {"precision": precision, "threads": str(args.threads), "device": "cpu"}
+    if args.max_wait_ms is not None:
+        env["max_wait_ms"] = str(args.max_wait_ms)
+    gallery = args.work / "gallery-empty"
+    similarity.remove(gallery)
+    rows = []
+    port = args.port or free_port()
+    with throughput.server(store, gallery, port, args.work / "server.log", **env) as (url, _):
+        for size, js in jpegs.items():
+            for clients in args.clients:
+                log.info("service, %s, %s, %d clients", precision, size, clients)
+                n = args.requests * (2 if clients >= 16 else 1)
+                row = throughput.load(url, "/predict", js, clients, n)
+                rows.append({"precision": precision, "size": size, **row})
+    return rows
+
+
+def similar(args: argparse.Namespace, store: Path, model: str) -> list[dict]:
+    from service.config import Settings
+    from service.model_loader import load_model
+
+    loaded = load_model(store, model, precision="int8", device="cpu", threads=args.threads)
+    images = np.stack([load_256(p) for p in find_images(args.work / "synth")])
+    real = np.concatenate([loaded.session.run(["fc7"], {"images": images[i : i + 16]})[0]
+                           for i in range(0, len(images), 16)])  # fmt: skip
+    synth = similarity.Synthesiser(real)
+    binding = loaded.gallery_binding()
+    del loaded
+    out = []
+    for n in args.sizes:
+        root = args.work / f"gallery-{n}"
+        similarity.remove(root)
+        log.info("similar: filling a gallery of %d vectors", n)
+        truth = similarity.fill(root, binding, synth, n, args.queries)
+        start = time.perf_counter()
+        env = {"precision": "int8", "threads": str(args.threads), "device": "cpu"}
+        with throughput.server(store, root, args.port or free_port(), args.work / "server.log",
+                               **env) as (url, proc):  # fmt: skip
+            ready_s = time.perf_counter() - start
+            log.info("similar: %d vectors, ready after %.0f s; querying", n, ready_s)
+            row = similarity.measure(url, truth)
+            kind = "exact" if n <= Settings().gallery_exact_max else "compressed"
+            row.update(size=n, index=kind, real_vectors=len(real), fill_s=truth["fill_s"],
+                       ready_s=ready_s, server_rss_mb=similarity.rss_mb(proc.pid))  # fmt: skip
+            similar_post = throughput.load(url, "/similar", photos.photo_jpegs("500x375", 4), 1, 20)
+            row["post_similar_p50_ms"] = similar_post["p50_ms"]
+        log.info("similar: %s", row)
+        out.append(row)
+        similarity.remove(root)
+    return out
+
+
+if __name__ == "__main__":
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    main(get_args_parser().parse_args())

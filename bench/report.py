@@ -1,0 +1,156 @@
+"""The bench's summary (ratios against the targets), its Markdown tables and its plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _best(rows: list[dict], **match: object) -> dict | None:
+    rows = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+    return max(rows, key=lambda r: r["images_per_s"]) if rows else None
+
+
+def summary(res: dict) -> dict:
+    """Ratios the targets are stated in, per precision and photo size."""
+    out: dict = {}
+    engine, service, naive = res.get("engine", []), res.get("service", []), res.get("naive", {})
+    for precision in ("fp32", "int8"):
+        raw = _best(engine, precision=precision)
+        b1 = next((r for r in engine if r["precision"] == precision and r["batch"] == 1), None)
+        for size in ("500x375", "4000x3000"):
+            s = {}
+            loaded = [r for r in service if r["precision"] == precision and r["size"] == size
+                      and r["clients"] >= 4]  # fmt: skip
+            idle = next((r for r in service if r["precision"] == precision and r["size"] == size
+                         and r["clients"] == 1), None)  # fmt: skip
+            best = max(loaded, key=lambda r: r["images_per_s"]) if loaded else None
+            if raw and best:
+                s["service_vs_raw_throughput"] = best["images_per_s"] / raw["images_per_s"]
+            if b1 and idle:
+                s["idle_p50_vs_raw_call"] = idle["p50_ms"] / b1["call_ms_p50"]
+            if best and size in naive:
+                s["service_vs_naive"] = best["images_per_s"] / naive[size]["images_per_s"]
+            if raw and size in naive:
+                s["raw_vs_naive"] = raw["images_per_s"] / naive[size]["images_per_s"]
+            if s:
+                out[f"{precision} {size}"] = s
+    return out
+
+
+def _f(x: float, digits: int = 1) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def table(res: dict) -> str:
+    """Markdown tables of everything measured."""
+    lines: list[str] = []
+    if res.get("engine"):
+        lines += [
+            "Raw engine (onnxruntime, ten crops in the graph, 256x256 uint8 input):",
+            "",
+            "| precision | batch | images/s | ms per call (p50) |",
+            "| --- | --- | --- | --- |",
+        ]
+        lines += [f"| {r['precision']} | {r['batch']} | {_f(r['images_per_s'])} | "
+                  f"{_f(r['call_ms_p50'])} |" for r in res["engine"]]  # fmt: skip
+        lines.append("")
+    if res.get("service"):
+        lines += ["Service, `POST /predict`, one JPEG per request:", "",
+                  "| precision | photo | clients | images/s | p50 ms | p95 ms | p99 ms | errors |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        lines += [f"| {r['precision']} | {r['size']} | {r['clients']} | {_f(r['images_per_s'])} | "
+                  f"{_f(r['p50_ms'])} | {_f(r['p95_ms'])} | {_f(r['p99_ms'])} | {r['errors']} |"
+                  for r in res["service"]]  # fmt: skip
+        lines.append("")
+    if res.get("naive"):
+        lines += [
+            "Naive baseline (PIL + torchvision Resize/TenCrop + eager PyTorch fp32, per request):",
+            "",
+            "| photo | images/s | p50 ms |",
+            "| --- | --- | --- |",
+        ]
+        lines += [f"| {s} | {_f(r['images_per_s'], 2)} | {_f(r['p50_ms'])} |"
+                  for s, r in res["naive"].items()]  # fmt: skip
+        lines.append("")
+    if res.get("decode"):
+        lines += [
+            "Decode (JPEG draft mode) + resize to 256x256:",
+            "",
+            "| photo | p50 ms | p95 ms |",
+            "| --- | --- | --- |",
+        ]
+        lines += [f"| {s} | {_f(r['p50_ms'])} | {_f(r['p95_ms'])} |"
+                  for s, r in res["decode"].items()]  # fmt: skip
+        lines.append("")
+    if res.get("summary"):
+        lines += ["Ratios:", "", "| precision, photo | service / raw engine best (>= 4 clients) | "
+                  "idle p50 / one raw call | service / naive | raw / naive |",
+                  "| --- | --- | --- | --- | --- |"]  # fmt: skip
+        for key, s in res["summary"].items():
+            cells = [s.get(k) for k in ("service_vs_raw_throughput", "idle_p50_vs_raw_call",
+                                        "service_vs_naive", "raw_vs_naive")]  # fmt: skip
+            lines.append(f"| {key} | " + " | ".join("-" if c is None else f"{c:.2f}x"
+                                                    for c in cells) + " |")  # fmt: skip
+        lines.append("")
+    if res.get("similar"):
+        lines += ["Similarity search, `GET /gallery/{id}/similar?k=10` (int8 model):", "",
+                  "| gallery | index | p50 ms | p95 ms | recall@10 | server RSS MB | "
+                  "ready after s | `POST /similar` p50 ms |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+        for r in res["similar"]:
+            lines.append(
+                f"| {r['size']:,} | {r.get('index', '-')} | {_f(r['p50_ms'])} | {_f(r['p95_ms'])}"
+                f" | {r['recall_at_10']:.3f} | {_f(r['server_rss_mb'], 0)} | {_f(r['ready_s'], 0)}"
+                f" | {_f(r['post_similar_p50_ms'])} |"
+            )
+        lines.append("")
+    if res.get("int8_agreement"):
+        a = res["int8_agreement"]
+        lines.append(f"int8 vs fp32 on held-out images: top-1 agreement "
+                     f"{a.get('top1_agreement', float('nan')):.1%}, top-5 overlap "
+                     f"{a.get('top5_overlap', float('nan')):.1%}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def plot(res: dict, path: Path) -> None:
+    """Images/s of the raw engine, the service and the naive baseline; /similar latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for precision, colour in (("fp32", "tab:blue"), ("int8", "tab:orange")):
+        rows = [r for r in res.get("engine", []) if r["precision"] == precision]
+        if rows:
+            ax1.plot([r["batch"] for r in rows], [r["images_per_s"] for r in rows], "o-",
+                     color=colour, label=f"raw engine {precision} (x: batch)")  # fmt: skip
+        for size, style in (("500x375", "s--"), ("4000x3000", "^:")):
+            rows = [r for r in res.get("service", [])
+                    if r["precision"] == precision and r["size"] == size]  # fmt: skip
+            if rows:
+                label = f"service {precision} {size} (x: clients)"
+                ax1.plot([r["clients"] for r in rows], [r["images_per_s"] for r in rows], style,
+                         color=colour, label=label)  # fmt: skip
+    for size, r in res.get("naive", {}).items():
+        ax1.axhline(r["images_per_s"], color="gray", ls="-." if size == "500x375" else ":",
+                    label=f"naive PyTorch {size}")  # fmt: skip
+    ax1.set_xscale("log", base=2)
+    ax1.set_xlabel("batch size (raw engine) / concurrent clients (service)")
+    ax1.set_ylabel("images/s")
+    ax1.set_title("Classification throughput, 2 CPU cores")
+    ax1.legend(fontsize=7)
+    sims = res.get("similar", [])
+    if sims:
+        ax2.plot([r["size"] for r in sims], [r["p50_ms"] for r in sims], "o-", label="p50")
+        ax2.plot([r["size"] for r in sims], [r["p95_ms"] for r in sims], "s--", label="p95")
+        for r in sims:
+            ax2.annotate(f"recall@10 {r['recall_at_10']:.3f}", (r["size"], r["p50_ms"]),
+                         fontsize=7)  # fmt: skip
+        ax2.set_xscale("log")
+        ax2.set_xlabel("gallery vectors")
+        ax2.set_ylabel("ms")
+        ax2.set_title("GET /gallery/{id}/similar?k=10")
+        ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
