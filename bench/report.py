@@ -119,7 +119,18 @@ def plot(res: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.5))
+    throughput = bool(res.get("engine") or res.get("service") or res.get("naive"))
+    sims = res.get("similar", [])
+    panels = int(throughput) + int(bool(sims))
+    if panels == 0:
+        return
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 4.5), squeeze=False)
+    ax1, ax2 = axes[0][0], axes[0][-1]
+    if not throughput:
+        _plot_similar(ax2, sims)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        return
     for precision, colour in (("fp32", "tab:blue"), ("int8", "tab:orange")):
         rows = [r for r in res.get("engine", []) if r["precision"] == precision]
         if rows:
@@ -140,17 +151,19 @@ def plot(res: dict, path: Path) -> None:
     ax1.set_ylabel("images/s")
     ax1.set_title("Classification throughput, 2 CPU cores")
     ax1.legend(fontsize=7)
-    sims = res.get("similar", [])
     if sims:
-        ax2.plot([r["size"] for r in sims], [r["p50_ms"] for r in sims], "o-", label="p50")
-        ax2.plot([r["size"] for r in sims], [r["p95_ms"] for r in sims], "s--", label="p95")
-        for r in sims:
-            ax2.annotate(f"recall@10 {r['recall_at_10']:.3f}", (r["size"], r["p50_ms"]),
-                         fontsize=7)  # fmt: skip
-        ax2.set_xscale("log")
-        ax2.set_xlabel("gallery vectors")
-        ax2.set_ylabel("ms")
-        ax2.set_title("GET /gallery/{id}/similar?k=10")
-        ax2.legend()
+        _plot_similar(ax2, sims)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _plot_similar(ax, sims: list[dict]) -> None:
+    ax.plot([r["size"] for r in sims], [r["p50_ms"] for r in sims], "o-", label="p50")
+    ax.plot([r["size"] for r in sims], [r["p95_ms"] for r in sims], "s--", label="p95")
+    for r in sims:
+        ax.annotate(f"recall@10 {r['recall_at_10']:.3f}", (r["size"], r["p50_ms"]), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("gallery vectors")
+    ax.set_ylabel("ms")
+    ax.set_title("GET /gallery/{id}/similar?k=10")
+    ax.legend()
