@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.conftest import API_KEY, REPO, Server, serve
+from tests.service.conftest import API_KEY, REPO, SMALL_LIMITS, Server, serve
 from tests.service.test_crash import crash_cycles, distinct_image
 from tests.service.test_schema_fuzz import run_schemathesis
 
@@ -216,8 +216,7 @@ def test_schemathesis_long_run(exported: Path, tmp_path: Path) -> None:
         exported.parent.parent,
         tmp_path / "gallery",
         api_key=API_KEY,
-        max_image_bytes="2000000",
-        max_images_per_request="4",
+        **SMALL_LIMITS,
     ) as server:
         result = run_schemathesis(server.url, tmp_path, examples, seed=1)
         alive = server.process.poll() is None
