@@ -18,6 +18,9 @@ import pytest
 from PIL import Image
 
 API_KEY = "test-key-123"
+# Small limits, so that crossing them is cheap (ALEXNET_* settings of the test servers).
+SMALL_LIMITS = {"max_image_bytes": "2000000", "max_image_pixels": "4000000",
+                "max_images_per_request": "4"}  # fmt: skip
 REPO = Path(__file__).parents[2]
 
 
@@ -36,16 +39,11 @@ class Server:
     log: Path
 
     def rss_mib(self) -> float:
-        """Resident memory of the server process, MiB (Linux /proc)."""
-        return rss_mib(self.process.pid)
-
-
-def rss_mib(pid: int) -> float:
-    """Resident memory of a process, MiB, from /proc/PID/status."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmRSS for process {pid}")
+        """Resident memory of the server process, MiB (Linux: /proc/PID/status)."""
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise RuntimeError(f"no VmRSS for process {self.process.pid}")
 
 
 @contextlib.contextmanager
@@ -133,16 +131,9 @@ def sample_images(synth_root: Path) -> list[tuple[str, bytes]]:
 
 @pytest.fixture(scope="module")
 def server(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A server with an API key, small limits and an empty gallery."""
+    """A server with an API key, SMALL_LIMITS and an empty gallery."""
     gallery = tmp_path_factory.mktemp("server") / "gallery"
-    with running_server(
-        exported.parent.parent,
-        gallery,
-        api_key=API_KEY,
-        max_image_bytes="2000000",
-        max_image_pixels="4000000",
-        max_images_per_request="4",
-    ) as url:
+    with running_server(exported.parent.parent, gallery, api_key=API_KEY, **SMALL_LIMITS) as url:
         yield url
 
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from service.decode import decode
 from service.model_loader import load_model
-from tests.service.conftest import API_KEY, encode
+from tests.service.conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -68,62 +68,6 @@ def test_batched_and_concurrent_requests_answer_like_single_ones(
                 atol=1e-6,
             )
     assert "embedding" not in singles[0]
-
-
-def _truncated_jpeg() -> bytes:
-    data = encode(Image.effect_noise((300, 300), 60).convert("RGB"), "JPEG")
-    return data[: len(data) // 2]
-
-
-@pytest.mark.parametrize(
-    ("files", "status", "fragment"),
-    [
-        ([("image", ("empty.jpg", b""))], 400, "empty"),
-        ([("image", ("notes.jpg", b"just some text, renamed"))], 415, "not an image"),
-        ([("image", ("cut.jpg", _truncated_jpeg()))], 422, "truncated or corrupt"),
-        ([("image", ("big.png", encode(Image.new("RGB", (2100, 2000)), "PNG")))], 413, "pixels"),
-        (
-            [
-                (
-                    "image",
-                    ("huge.bmp", encode(Image.effect_noise((900, 900), 50).convert("RGB"), "BMP")),
-                )
-            ],
-            413,
-            "bytes",
-        ),
-        ([("image", ("doc.pdf", encode(Image.new("RGB", (50, 50)), "PDF")))], 415, ""),
-        ([("picture", ("a.png", encode(Image.new("RGB", (50, 50)), "PNG")))], 422, "image"),
-        (
-            [("image", (f"{i}.png", encode(Image.new("RGB", (50, 50)), "PNG"))) for i in range(5)],
-            413,
-            "limit is 4",
-        ),
-    ],
-    ids=[
-        "empty",
-        "text",
-        "truncated",
-        "too-many-pixels",
-        "too-many-bytes",
-        "pdf",
-        "wrong-field",
-        "too-many-parts",
-    ],
-)
-def test_bad_uploads_get_the_documented_4xx(server: str, files, status: int, fragment: str) -> None:
-    r = httpx.post(f"{server}/predict", files=files, timeout=60)
-    assert r.status_code == status, r.text
-    detail = r.json()["detail"]
-    assert fragment in str(detail)
-    assert httpx.get(f"{server}/health/live").status_code == 200
-
-
-def test_bad_query_values_are_422(server: str, sample_images) -> None:
-    data = sample_images[0][1]
-    for params in ({"top_k": 0}, {"top_k": "five"}, {"embedding": "maybe"}):
-        r = _predict(server, [data], **params)
-        assert r.status_code == 422, (params, r.text)
 
 
 def test_gallery_round_trip(server: str, sample_images) -> None:
@@ -194,14 +138,6 @@ def test_gallery_writes_need_the_api_key(server: str, sample_images) -> None:
     assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
     assert httpx.delete(f"{server}/gallery/{'0' * 32}").status_code == 401
     assert httpx.get(f"{server}/gallery").json()["total"] == before
-
-
-@pytest.mark.parametrize("item_id", ["..%2F..%2Fetc%2Fpasswd", "1%20OR%201=1", "0" * 32, "ABC"])
-def test_unknown_or_hostile_ids_are_404(server: str, item_id: str) -> None:
-    for path in (f"/gallery/{item_id}", f"/gallery/{item_id}/image", f"/gallery/{item_id}/similar"):
-        r = httpx.get(server + path)
-        assert r.status_code == 404, (path, r.status_code)
-        assert "detail" in r.json()
 
 
 def test_bad_metadata_is_refused_and_changes_nothing(server: str, sample_images) -> None:

@@ -26,19 +26,14 @@ import httpx
 import pytest
 from PIL import Image
 
+from service.config import Settings
 from service.decode import ImageError, decode
-from tests.service.conftest import API_KEY, Server, encode, serve
+from tests.service.conftest import API_KEY, SMALL_LIMITS, Server, encode, serve
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 BOUNDARY = b"hostile-7f3a"
 MULTIPART = b"multipart/form-data; boundary=" + BOUNDARY
-# The limits of the server below (small, so that crossing them is cheap).
-LIMITS = {
-    "max_image_bytes": "2000000",
-    "max_image_pixels": "4000000",
-    "max_images_per_request": "4",
-}
-MAX_REQUEST_BYTES = 4 * 2_000_000 + 16_384 + 65_536  # Settings.max_request_bytes for LIMITS
+MAX_REQUEST_BYTES = Settings(**SMALL_LIMITS).max_request_bytes
 
 
 # ------------------------------------------------------------------ building the corpus
@@ -488,7 +483,7 @@ def send(url: str, case: Case) -> httpx.Response:
 @pytest.fixture(scope="module")
 def hostile_server(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     gallery = tmp_path_factory.mktemp("hostile") / "gallery"
-    with serve(exported.parent.parent, gallery, api_key=API_KEY, **LIMITS) as server:
+    with serve(exported.parent.parent, gallery, api_key=API_KEY, **SMALL_LIMITS) as server:
         yield server
 
 
@@ -584,7 +579,8 @@ def test_chunked_upload_is_cut_off_once_it_passes_the_request_limit(
 HOSTILE_IDS = [
     "%2e%2e", "..%2F..%2Fetc%2Fpasswd", "%2F%2Fetc%2Fpasswd", "%00", "0" * 31 + "%00",
     "0" * 31 + "g", "0" * 32 + "%00", "0" * 33, "A" * 32, "%27%20OR%20%271%27%3D%271",
-    "1%3BDROP%20TABLE%20items", "x" * 4000, "%FF%FE", "%EF%BC%A1", "*", "%25",
+    "1%3BDROP%20TABLE%20items", "1%20OR%201=1", "x" * 4000, "%FF%FE", "%EF%BC%A1", "*", "%25",
+    "0" * 32, "ABC",
 ]  # fmt: skip
 
 
