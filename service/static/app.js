@@ -126,7 +126,11 @@ function setUpInputs() {
 
 async function loadSamples() {
   try {
-    const page = await (await api(`/gallery?limit=${SAMPLES}`)).json();
+    // up to 500 items, of which SAMPLES evenly spaced: the samples span the gallery's classes
+    const page = await (await api("/gallery?limit=500")).json();
+    const step = Math.max(1, page.items.length / SAMPLES);
+    page.items = Array.from({ length: Math.min(SAMPLES, page.items.length) },
+      (_, i) => page.items[Math.floor(i * step)]);
     if (!page.items.length) {
       $("samples").replaceChildren(el("p", { className: "muted", textContent:
         "The gallery is empty." }));

@@ -134,8 +134,11 @@ def test_model_figures_and_offline(page, page_server: str) -> None:
     assert outside == [], "the page must work offline (no CDN)"
 
 
-def test_picking_a_sample_finds_itself(page, page_server: str) -> None:
+def test_picking_a_sample_finds_itself(page, page_server: str, sample_images) -> None:
     page.wait_for_selector("#samples .sample")
+    shown = [s.inner_text().strip() for s in page.query_selector_all("#samples .sample")]
+    assert len(shown) == min(24, len(sample_images))
+    assert set(shown) == {label for label, _ in sample_images}  # every class is offered
     first = page.query_selector("#samples .sample")
     label = first.inner_text().strip()
     first.click()
