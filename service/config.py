@@ -40,7 +40,13 @@ class Settings(BaseSettings):
     )
 
     max_batch: int = Field(8, ge=1, le=256, description="images per engine call")
-    max_wait_ms: float = Field(5.0, ge=0, le=1000, description="how long a batch waits to fill up")
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="how long an idle engine waits for more images before a call (0: none; "
+        "images that arrive while a call runs are batched into the next one anyway)",
+    )
     max_queue: int = Field(64, ge=1, description="images waiting for the engine; beyond it 503")
     max_images_per_request: int = Field(16, ge=1, description="image parts in one request")
     max_image_bytes: int = Field(20 * 2**20, ge=1024, description="bytes of one uploaded image")

@@ -39,7 +39,8 @@ class Engine:
     Args:
         loaded: the model, from `service.model_loader.load_model`.
         max_batch: images per session call.
-        max_wait_ms: how long the first request of a batch waits for company.
+        max_wait_ms: how long the first request of a batch waits for company (0: not at all;
+            requests that arrive while a call runs still share the next call).
         max_queue: images allowed to wait.
         on_batch: called with (images in the batch, seconds of inference) after each call.
     """
@@ -49,7 +50,7 @@ class Engine:
         loaded: LoadedModel,
         *,
         max_batch: int = 8,
-        max_wait_ms: float = 5.0,
+        max_wait_ms: float = 0.0,
         max_queue: int = 64,
         on_batch: Callable[[int, float], None] | None = None,
     ) -> None:

@@ -81,3 +81,23 @@ def test_a_full_queue_answers_overloaded_at_once(loaded) -> None:
     served = [r for r in results if isinstance(r, tuple)]
     assert refused and served and len(refused) + len(served) == 6
     assert "limit 2" in str(refused[0])
+
+
+def test_without_waiting_requests_that_arrive_while_the_engine_runs_share_the_next_call(
+    loaded,
+) -> None:
+    batches: list[int] = []
+
+    async def scenario():
+        engine = Engine(loaded, max_batch=8, max_wait_ms=0, on_batch=lambda n, _: batches.append(n))
+        await engine.start()
+        try:
+            first = asyncio.ensure_future(engine.infer(_images(1, 0)))
+            await asyncio.sleep(0.03)  # the first call is running now (it takes ~100 ms)
+            later = [engine.infer(_images(1, seed)) for seed in (1, 2, 3)]
+            await asyncio.gather(first, *later)
+        finally:
+            await engine.stop()
+
+    asyncio.run(scenario())
+    assert batches == [1, 3]  # no wait at idle; the three later ones batched behind it
