@@ -78,7 +78,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         f"{DEFAULT_EPOCHS['cuda']} on CUDA)",
     )
     p.add_argument(
-        "--batch-size", type=int, default=DEFAULT_BATCH, help=f"(default: {DEFAULT_BATCH})"
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH,
+        help=f"training batch size (default: {DEFAULT_BATCH})",
     )
     p.add_argument(
         "--train-device", default="auto", help="auto, cpu or cuda for training (default: auto)"
