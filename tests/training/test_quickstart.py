@@ -56,10 +56,9 @@ def test_builds_every_step_from_nothing(built: Path) -> None:
 def test_a_second_run_reuses_everything(built: Path) -> None:
     checkpoint = built / "run" / "checkpoint.pt"
     before = checkpoint.stat().st_mtime_ns
-    start = time.monotonic()
     done = quickstart(built, "--build-only")
     assert done.returncode == 0, done.stderr[-3000:]
-    assert time.monotonic() - start < 60
+    assert "reusing" in done.stderr or "serving from" in done.stderr
     assert checkpoint.stat().st_mtime_ns == before
     assert store.versions(built / "store", "default") == [1]
 
