@@ -329,15 +329,7 @@ class Gallery:
         if self._wants_compressed(count):
             self._index = self._train_compressed(count)
         known: set[str] = set()
-        last = 0
-        while True:
-            rows = db.execute(
-                "SELECT rowid, image_file, vector FROM items WHERE rowid > ? "
-                "ORDER BY rowid LIMIT ?",
-                (last, READ_CHUNK),
-            ).fetchall()
-            if not rows:
-                break
+        for rows in self._chunks("image_file, vector"):
             for rowid, image_file, blob in rows:
                 if len(blob) != dim * 4:
                     raise RuntimeError(
@@ -345,10 +337,7 @@ class Gallery:
                         f"expected {dim * 4} ({dim} float32)"
                     )
                 known.add(image_file)
-            ids = np.array([r[0] for r in rows], dtype=np.int64)
-            vectors = np.frombuffer(b"".join(r[2] for r in rows), dtype="<f4").reshape(-1, dim)
-            self._index.add(vectors, ids)
-            last = rows[-1][0]
+            self._index.add(*self._stack(rows))
 
         removed = 0
         for path in self.images_dir.iterdir():
@@ -373,20 +362,35 @@ class Gallery:
     def _wants_compressed(self, count: int) -> bool:
         return count > self.exact_max and count >= MIN_TRAIN
 
+    def _chunks(self, columns: str) -> Iterator[list[tuple]]:
+        """Every row as (rowid, *columns), in rowid order, READ_CHUNK rows at a time.
+
+        `columns` is a constant of this module (e.g. "image_file, vector"), never input.
+        """
+        db, last = self._require_open(), 0
+        while rows := db.execute(
+            f"SELECT rowid, {columns} FROM items WHERE rowid > ? ORDER BY rowid LIMIT ?",
+            (last, READ_CHUNK),
+        ).fetchall():
+            yield rows
+            last = rows[-1][0]
+
+    def _stack(self, rows: list[tuple]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors (n, dim) float32, rowids (n,) int64) of rows whose first and last
+        columns are the rowid and the vector blob."""
+        vectors = np.frombuffer(b"".join(r[-1] for r in rows), dtype="<f4").reshape(-1, self.dim)
+        return vectors, np.array([r[0] for r in rows], dtype=np.int64)
+
     def _fetch(self, rowids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Full vectors of these rowids from SQLite (the caller holds the lock)."""
-        db, found, blobs = self._require_open(), [], []
+        db, rows = self._require_open(), []
         ids = [int(i) for i in rowids]
         for start in range(0, len(ids), SQL_VARS_CHUNK):
             chunk = ids[start : start + SQL_VARS_CHUNK]
             marks = ",".join("?" * len(chunk))  # only placeholders are formatted in
-            for rowid, blob in db.execute(
-                f"SELECT rowid, vector FROM items WHERE rowid IN ({marks})", chunk
-            ):
-                found.append(rowid)
-                blobs.append(blob)
-        vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(-1, self.dim)
-        return np.array(found, dtype=np.int64), vectors.astype(np.float32, copy=False)
+            rows += db.execute(f"SELECT rowid, vector FROM items WHERE rowid IN ({marks})", chunk)
+        vectors, found = self._stack(rows)
+        return found, vectors
 
     def _train_compressed(self, count: int) -> CompressedIndex:
         """A compressed index trained on a random sample of the stored vectors (not filled)."""
@@ -404,17 +408,11 @@ class Gallery:
 
     def _compress_now(self) -> None:
         """Switch the exact index to a compressed one holding every row (the lock is held)."""
-        db, count = self._require_open(), self._index.ntotal
+        count = self._index.ntotal
         try:
             index = self._train_compressed(count)
-            last = 0
-            while rows := db.execute(
-                "SELECT rowid, vector FROM items WHERE rowid > ? ORDER BY rowid LIMIT ?",
-                (last, READ_CHUNK),
-            ).fetchall():
-                vectors = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4")
-                index.add(vectors.reshape(-1, self.dim), np.array([r[0] for r in rows]))
-                last = rows[-1][0]
+            for rows in self._chunks("vector"):
+                index.add(*self._stack(rows))
         except Exception:  # noqa: BLE001 - the rows are committed; the exact index still serves
             log.exception("gallery %s: could not build the compressed index", self.root)
             return
