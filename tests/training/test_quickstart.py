@@ -7,26 +7,27 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from service import gallery, store
-from tests.service.conftest import REPO, free_port
+from tests.service.conftest import REPO, running_server
 
 SMALL = ["--classes", "3", "--per-class", "8", "--epochs", "1", "--batch-size", "6"]
 
 
-def quickstart(root: Path, *extra: str, **popen) -> subprocess.CompletedProcess | subprocess.Popen:
-    argv = [sys.executable, "-m", "training.cli", "quickstart", "--store", str(root / "store"),
+def quickstart_argv(root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "training.cli", "quickstart", "--store", str(root / "store"),
             "--gallery", str(root / "gallery"), "--data-dir", str(root / "data"),
             "--run-dir", str(root / "run"), "--no-progress", *SMALL, *extra]  # fmt: skip
+
+
+def quickstart(root: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "ALEXNET_THREADS": "2"}
-    if popen:
-        return subprocess.Popen(argv, cwd=REPO, env=env, **popen)
-    return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(quickstart_argv(root, *extra), cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -77,21 +78,10 @@ def test_an_interrupted_build_continues_where_it_stopped(built: Path, tmp_path: 
 
 
 def test_serves_the_default(built: Path) -> None:
-    port = free_port()
-    log = open(built / "serve.log", "wb")  # noqa: SIM115 - closed below
-    proc = quickstart(built, "--port", str(port), stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (built / "serve.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "quickstart did not become ready"
-            time.sleep(0.3)
+    # the server's port comes from ALEXNET_PORT, set by running_server like the other settings
+    with running_server(
+        built / "store", built / "gallery", command=quickstart_argv(built), cwd=REPO
+    ) as url:
         query = next((built / "data" / "val").rglob("*.*"))
         r = httpx.post(f"{url}/similar", files=[("image", ("q", query.read_bytes()))], timeout=60)
         assert r.status_code == 200, r.text
@@ -99,7 +89,3 @@ def test_serves_the_default(built: Path) -> None:
         assert nearest["distance"] < 1e-3 and nearest["label"] == query.parent.name
         assert json.loads(httpx.get(f"{url}/models").text)["loaded"]["id"] == "default:1"
         assert "<title>" in httpx.get(url + "/").text
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
