@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import models, photos, report, similarity, throughput
-from training.imaging import find_images, load_256
+from core.imaging import find_images, load_256
 
 log = logging.getLogger("bench")
 PARTS = ("decode", "engine", "naive", "service", "similar")
@@ -161,7 +161,7 @@ def service(args: argparse.Namespace, store: Path, precision: str, jpegs: dict) 
 
 def similar(args: argparse.Namespace, store: Path, model: str) -> list[dict]:
     from service.config import Settings
-    from service.model_loader import load_model
+    from core.model_loader import load_model
 
     loaded = load_model(store, model, precision="int8", device="cpu", threads=args.threads)
     images = np.stack([load_256(p) for p in find_images(args.work / "synth")])

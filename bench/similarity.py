@@ -25,7 +25,7 @@ import httpx
 import numpy as np
 
 from service.gallery import DB_FILE, IMAGES_DIR, Gallery
-from service.store import now_iso
+from core.store import now_iso
 
 CHUNK = 8192
 

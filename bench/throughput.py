@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 
 from service.decode import decode
-from service.model_loader import load_model
+from core.model_loader import load_model
 
 REPO = Path(__file__).resolve().parents[1]
 BIG = 1 << 30  # no size limits for decode timing

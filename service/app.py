@@ -23,14 +23,14 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
-from service import store
+from core import store
 from service.body_limit import BodyLimitMiddleware
 from service.config import Settings
 from service.decode import ImageError
 from service.deps import AppState, NotReadyError
 from service.engine import Engine, OverloadedError
 from service.gallery import Gallery
-from service.model_loader import load_model
+from core.model_loader import load_model
 from service.routers import gallery, health, page, predict
 
 log = logging.getLogger("service")

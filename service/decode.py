@@ -13,7 +13,7 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from training.imaging import prepare, resize_center
+from core.imaging import prepare, resize_center
 
 # What a browser or a camera sends; anything else (SVG, PDF, PSD, ICO, ...) is refused.
 ALLOWED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}

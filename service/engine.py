@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from service.model_loader import LoadedModel
+from core.model_loader import LoadedModel
 
 
 class OverloadedError(RuntimeError):
@@ -37,7 +37,7 @@ class Engine:
     """Dynamic batching over `loaded.session`.
 
     Args:
-        loaded: the model, from `service.model_loader.load_model`.
+        loaded: the model, from `core.model_loader.load_model`.
         max_batch: images per session call.
         max_wait_ms: how long the first request of a batch waits for company (0: not at all;
             requests that arrive while a call runs still share the next call).

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from service.store import now_iso
+from core.store import now_iso
 from service.vector_index import (
     MIN_TRAIN,
     PCA_SAMPLE,

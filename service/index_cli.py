@@ -18,9 +18,9 @@ from service.app import default_model
 from service.decode import EXTENSIONS, ImageError, decode
 from service.engine import Engine
 from service.gallery import Gallery, NewItem
-from service.model_loader import load_model
+from core.model_loader import load_model
 from service.serve_cli import add_model_arguments, settings_from
-from training.imaging import find_images
+from core.imaging import find_images
 
 log = logging.getLogger(__name__)
 

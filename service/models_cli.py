@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from service import store
+from core import store
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -18,7 +18,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
-from training.imaging import load_256
+from core.imaging import load_256
 
 log = logging.getLogger(__name__)
 

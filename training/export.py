@@ -26,7 +26,8 @@ from torch import nn
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from service import store
+from core import constants as C
+from core import store
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.evaluate import ten_crop_probs
 from training.presets import Normalize, normalize_from
@@ -96,8 +97,8 @@ def to_onnx(graph: TenCropGraph, path: Path) -> None:
         graph.eval(),
         (example,),
         str(path),
-        input_names=[store.INPUT_NAME],
-        output_names=list(store.OUTPUT_NAMES),
+        input_names=[C.INPUT_NAME],
+        output_names=list(C.OUTPUT_NAMES),
         dynamic_shapes={"images": {0: torch.export.Dim("N", min=1, max=4096)}},
         opset_version=OPSET,
         dynamo=True,
@@ -120,11 +121,11 @@ def verify_onnx(
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    batch_probs, batch_fc7 = session.run(None, {store.INPUT_NAME: images})
+    batch_probs, batch_fc7 = session.run(None, {C.INPUT_NAME: images})
     worst = {"probs": 0.0, "fc7": 0.0}
     for i, image in enumerate(images):
         ref_probs, ref_fc7 = reference_ten_crop(model, image, normalize, crop_size)
-        one_probs, one_fc7 = session.run(None, {store.INPUT_NAME: image[None]})
+        one_probs, one_fc7 = session.run(None, {C.INPUT_NAME: image[None]})
         for probs, fc7 in ((batch_probs[i], batch_fc7[i]), (one_probs[0], one_fc7[0])):
             worst["probs"] = max(worst["probs"], float(np.abs(probs - ref_probs).max()))
             worst["fc7"] = max(worst["fc7"], float(np.abs(fc7 - ref_fc7).max()))
@@ -165,7 +166,7 @@ def export_checkpoint(
     inputs, outputs = store.contract_io(ckpt["num_classes"])
 
     def fill(folder: Path, v: int) -> store.Manifest:
-        onnx_path = folder / store.FILE_FOR["fp32"]
+        onnx_path = folder / C.MODEL_FILES["fp32"]
         log.info(
             "exporting %s:%d (%s, %d classes) to ONNX", name, v, ckpt["arch"], ckpt["num_classes"]
         )

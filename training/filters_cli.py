@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from service import store
+from core import store
 from training import pictures
 
 log = logging.getLogger(__name__)

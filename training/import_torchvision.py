@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torchvision.models import AlexNet_Weights
 
-from service import store
-from training import constants as C
+from core import store
+from core import constants as C
 from training.export import add_publish_arguments, export_checkpoint
 from training.model import build_model
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from training import constants as C
+from core import constants as C
 
 
 class LocalResponseNorm(nn.Module):

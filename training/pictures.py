@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service import store
+from core import constants as C
+from core import store
 
 CONV1_KEY = "features.0.weight"  # conv1 in every variant's state_dict
 
@@ -155,9 +156,9 @@ def load_conv1(source: str | Path, store_dir: str | Path = "model_store") -> tup
             ) from None
         return conv1_from_state_dict(ckpt["model"]), f"checkpoint {path}"
     if path.is_dir():
-        if not (path / store.MANIFEST).is_file():
+        if not (path / C.MANIFEST_FILE).is_file():
             raise FileNotFoundError(
-                f"{path} is a folder without {store.MANIFEST}: give a checkpoint file, a store "
+                f"{path} is a folder without {C.MANIFEST_FILE}: give a checkpoint file, a store "
                 "version folder or NAME[:VERSION]"
             )
         folder = path

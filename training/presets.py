@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training import constants as C
+from core import constants as C
 
 
 class Normalize(nn.Module):

@@ -29,9 +29,10 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from tqdm import tqdm
 
-from service import store
-from service.model_loader import check_file, session_options
-from training.imaging import find_images, load_256
+from core import constants as C
+from core import store
+from core.model_loader import check_file, session_options
+from core.imaging import find_images, load_256
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class _Batches(CalibrationDataReader):
 
     def get_next(self) -> dict | None:
         batch = next(self._it, None)
-        return None if batch is None else {store.INPUT_NAME: batch}
+        return None if batch is None else {C.INPUT_NAME: batch}
 
 
 def run_probs(path: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
@@ -71,7 +72,7 @@ def run_probs(path: Path, images: np.ndarray, threads: int | None = None) -> np.
     )
     return np.concatenate(
         [
-            session.run(["probs"], {store.INPUT_NAME: images[i : i + 8]})[0]
+            session.run(["probs"], {C.INPUT_NAME: images[i : i + 8]})[0]
             for i in range(0, len(images), 8)
         ]
     )
@@ -168,7 +169,7 @@ def main(args: argparse.Namespace) -> store.Manifest:
             log.info("%s already has %s; skipped", manifest.id, precision)
             continue
         with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
-            out = Path(tmp) / store.FILE_FOR[precision]
+            out = Path(tmp) / C.MODEL_FILES[precision]
             log.info("making %s", out.name)
             if precision == "int8":
                 quantize_int8(fp32, out, calibration)
@@ -190,7 +191,7 @@ def main(args: argparse.Namespace) -> store.Manifest:
             details["calibration_images"] = len(calibration) if precision == "int8" else 0
             manifest = store.add_file(folder, precision, out, details)
         print(
-            f"added {store.FILE_FOR[precision]} to {manifest.id}: top-1 agreement "
+            f"added {C.MODEL_FILES[precision]} to {manifest.id}: top-1 agreement "
             f"{details['top1_agreement']:.1%}, top-5 overlap {details['top5_overlap']:.1%}"
         )
     return manifest

@@ -21,9 +21,9 @@ import argparse
 import logging
 from pathlib import Path
 
-from service import store
+from core import store
 from service.serve_cli import add_model_arguments, settings_from
-from training import constants as C
+from core import constants as C
 
 log = logging.getLogger("quickstart")
 

@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from training import constants as C
+from core import constants as C
 from training import distributed as dist
 from training.checkpoint import link_atomic, load_checkpoint, save_atomic
 from training.data import ImageFolder256, make_loader, pixel_statistics

@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Path, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from service import store
+from core import store
 from service.deps import StateDep
 from service.schemas import ModelInfo, ModelsResponse, error_responses
 

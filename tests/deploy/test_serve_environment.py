@@ -62,7 +62,7 @@ def test_the_serve_environment_has_no_torch(serve_venv: Path, tmp_path: Path) ->
     # the service's modules and the CLI import without torch, from the installed copy
     code = (
         "import sys, service, service.app, service.serve_cli, service.healthcheck, "
-        "service.index_cli, service.models_cli, training.cli, training.imaging\n"
+        "service.index_cli, service.models_cli, training.cli, core.imaging\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "print(service.__file__)"
     )

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from service.decode import decode
-from service.model_loader import load_model
+from core.model_loader import load_model
 from tests.service.conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -186,7 +186,7 @@ def test_request_larger_than_the_limit_is_refused_before_reading(server: str) ->
 
 
 def test_decoded_pixels_match_the_training_preprocessing(sample_images) -> None:
-    from training.imaging import load_256
+    from core.imaging import load_256
 
     for _, data in sample_images[:4]:
         assert np.array_equal(
@@ -197,7 +197,7 @@ def test_decoded_pixels_match_the_training_preprocessing(sample_images) -> None:
 def test_model_pictures_are_served_from_the_version(server: str, exported: Path) -> None:
     import hashlib
 
-    from service.store import read_manifest
+    from core.store import read_manifest
 
     pictures = httpx.get(f"{server}/models").json()["loaded"]["pictures"]
     manifest = read_manifest(exported)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.engine import Engine, OverloadedError
-from service.model_loader import load_model
+from core.model_loader import load_model
 
 
 @pytest.fixture(scope="module")

@@ -172,7 +172,7 @@ def test_service_uses_the_threshold_and_keeps_deletes(exported: Path, tmp_path: 
     delete takes effect and survives a restart, answers equal exact search."""
     import httpx
 
-    from service.model_loader import load_model
+    from core.model_loader import load_model
     from tests.service.conftest import API_KEY, running_server
 
     store_dir, root = exported.parent.parent, tmp_path / "gallery"

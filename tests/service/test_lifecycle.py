@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service import store
+from core import store
 from service.gallery import Gallery
 from tests.service.conftest import running_server, settled_readiness
 from training.cli import main as cli

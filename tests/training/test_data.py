@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from training.data import ImageFolder256, collate_skipping, make_loader, pixel_statistics
-from training.imaging import load_256
+from core.imaging import load_256
 
 
 def test_items_are_uint8_256_images_with_folder_labels(synth_root: Path) -> None:

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from service import store
+from core import store
 from training import export as export_module
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.cli import main as cli

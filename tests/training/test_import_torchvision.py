@@ -13,7 +13,7 @@ from torch.nn import functional as F
 from torchvision.models import AlexNet_Weights
 from torchvision.transforms.v2 import functional as TF
 
-from service import store
+from core import store
 from training.cli import main as cli
 
 

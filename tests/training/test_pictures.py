@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import store
+from core import store
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.cli import main as cli
 from training.model import weight_layers

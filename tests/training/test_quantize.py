@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import store
-from service.model_loader import load_model
+from core import store
+from core.durable import write_json_atomic
+from core.model_loader import load_model
 from training.cli import main as cli
 from training.quantize import agreement
 
@@ -68,7 +69,7 @@ def test_below_the_agreement_bar_the_int8_model_is_refused(
     (folder / "model.int8.onnx").unlink()
     m = store.read_manifest(folder)
     del m.files["int8"]
-    store.write_json_atomic(m.model_dump(), folder / "manifest.json")
+    write_json_atomic(folder / "manifest.json", m.model_dump())
     rc = cli(["quantize", "tiny:1", "--store", str(fresh), "--calibration", str(synth_root),
               "--precisions", "int8", "--min-agreement", str(measured + 1e-6)])  # fmt: skip
     assert rc == 1

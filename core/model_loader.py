@@ -19,7 +19,8 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from service import store
+from core import constants as C
+from core import store
 
 log = logging.getLogger(__name__)
 
@@ -110,10 +111,10 @@ def check_io(session: ort.InferenceSession, manifest: store.Manifest) -> None:
     got = {t.name: (t.type, list(t.shape)) for t in [*inputs, *outputs]}
     want = {t.name: t for t in [*manifest.inputs, *manifest.outputs]}
     problems = []
-    if [t.name for t in inputs] != [store.INPUT_NAME]:
+    if [t.name for t in inputs] != [C.INPUT_NAME]:
         problems.append(f"inputs {[t.name for t in inputs]}, expected ['images']")
-    if sorted(t.name for t in outputs) != sorted(store.OUTPUT_NAMES):
-        problems.append(f"outputs {[t.name for t in outputs]}, expected {list(store.OUTPUT_NAMES)}")
+    if sorted(t.name for t in outputs) != sorted(C.OUTPUT_NAMES):
+        problems.append(f"outputs {[t.name for t in outputs]}, expected {list(C.OUTPUT_NAMES)}")
     for name, spec in want.items():
         if name not in got:
             continue

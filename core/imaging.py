@@ -13,9 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from training.constants import IMAGE_SIZE
-
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+from core.constants import IMAGE_SIZE, IMAGE_SUFFIXES
 
 
 def find_images(folder: Path) -> list[Path]:

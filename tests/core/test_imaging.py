@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torchvision.transforms.v2 import functional as TF
 
-from training.imaging import load_256, open_rgb, resize_center
+from core.imaging import load_256, open_rgb, resize_center
 
 
 def _encode(img: Image.Image, fmt: str, **kw) -> bytes:

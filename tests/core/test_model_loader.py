@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service import store
-from service.model_loader import ModelLoadError, load_model
+from core import store
+from core.durable import write_json_atomic
+from core.model_loader import ModelLoadError, load_model
 
 
 @pytest.fixture
@@ -59,7 +60,7 @@ def test_a_manifest_that_does_not_match_the_graph_is_refused(store_copy: Path) -
     m = store.read_manifest(folder)
     inputs, outputs = store.contract_io(5)  # the graph has 4 classes
     m = m.model_copy(update={"num_classes": 5, "labels": [*m.labels, "extra"], "outputs": outputs})
-    store.write_json_atomic(m.model_dump(), folder / "manifest.json")
+    write_json_atomic(folder / "manifest.json", m.model_dump())
     with pytest.raises(ModelLoadError, match="does not follow the contract.*probs"):
         load_model(store_copy, "tiny", device="cpu")
 

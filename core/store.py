@@ -17,7 +17,6 @@ overwritten; adding a precision later rewrites only the manifest, atomically.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -28,9 +27,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-MANIFEST = "manifest.json"
-FILE_FOR = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
-INPUT_NAME, OUTPUT_NAMES = "images", ("probs", "fc7")
+from core.constants import FC7_DIM, IMAGE_SIZE, INPUT_NAME, MODEL_FILES, OUTPUT_NAMES
+from core.constants import MANIFEST_FILE as MANIFEST
+from core.durable import fsync_dir, fsync_file, write_json_atomic
+
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -74,22 +74,13 @@ class Manifest(BaseModel):
         return f"{self.name}:{self.version}"
 
 
-def add_store_argument(parser) -> None:
-    """`--store DIR`, the same in every command that reads or writes the store."""
-    parser.add_argument(
-        "--store",
-        type=Path,
-        default=Path("model_store"),
-        help="store folder (default: model_store)",
-    )
-
-
 def contract_io(num_classes: int) -> tuple[list[TensorSpec], list[TensorSpec]]:
     """The input and outputs every exported model has."""
-    inputs = [TensorSpec(name=INPUT_NAME, dtype="uint8", shape=["N", 256, 256, 3])]
+    inputs = [TensorSpec(name=INPUT_NAME, dtype="uint8", shape=["N", IMAGE_SIZE, IMAGE_SIZE, 3])]
+    probs, fc7 = OUTPUT_NAMES
     outputs = [
-        TensorSpec(name="probs", dtype="float32", shape=["N", num_classes]),
-        TensorSpec(name="fc7", dtype="float32", shape=["N", 4096]),
+        TensorSpec(name=probs, dtype="float32", shape=["N", num_classes]),
+        TensorSpec(name=fc7, dtype="float32", shape=["N", FC7_DIM]),
     ]
     return inputs, outputs
 
@@ -181,16 +172,6 @@ def list_models(store: str | Path) -> list[Manifest]:
     ]
 
 
-def write_json_atomic(data: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.chmod(tmp, 0o644)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(data, indent=2) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def publish_version(
     store: str | Path,
     name: str,
@@ -218,8 +199,11 @@ def publish_version(
     tmp.chmod(0o755)  # readable by a service running as another user
     try:
         manifest = fill(tmp, version)
-        write_json_atomic(manifest.model_dump(), tmp / MANIFEST)
+        for path in tmp.iterdir():  # the model files, durable before they are published
+            fsync_file(path)
+        write_json_atomic(tmp / MANIFEST, manifest.model_dump())
         os.rename(tmp, final)  # atomic; fails if `final` appeared meanwhile and is not empty
+        fsync_dir(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -233,7 +217,8 @@ def add_file(folder: Path, precision: str, source: Path, details: dict | None = 
         raise FileExistsError(
             f"{manifest.id} already has a {precision} model; files are never overwritten"
         )
-    target = folder / FILE_FOR[precision]
+    target = folder / MODEL_FILES[precision]
+    fsync_file(source)
     os.replace(source, target)
     manifest.files[precision] = ModelFile(
         file=target.name,
@@ -241,5 +226,5 @@ def add_file(folder: Path, precision: str, source: Path, details: dict | None = 
         bytes=target.stat().st_size,
         details=details or {},
     )
-    write_json_atomic(manifest.model_dump(), folder / MANIFEST)
+    write_json_atomic(folder / MANIFEST, manifest.model_dump())
     return manifest

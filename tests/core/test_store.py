@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from service import store
+from core import store
 
 
 def _fill(folder: Path, version: int) -> store.Manifest:
