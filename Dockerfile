@@ -32,9 +32,11 @@ COPY requirements/serve.txt /tmp/requirements-serve.txt
 RUN python3 -m venv /opt/venv \
     && pip install -r /tmp/requirements-serve.txt
 COPY pyproject.toml README.md /src/
-COPY training /src/training
+COPY core /src/core
 COPY service /src/service
-# the project itself, without dependencies: the pinned set above is all serving needs
+COPY alexnet /src/alexnet
+# the project without `training` (no torch) and without dependencies: the pinned set above
+# is all serving needs; `alexnet serve/index/reindex/models` run, training commands say so
 RUN pip install --no-deps /src
 
 # ---------------------------------------------------------------- serve: the image
@@ -59,15 +61,17 @@ CMD ["alexnet", "serve"]
 # ---------------------------------------------------------------- train: build the venv
 FROM base AS train-build
 COPY pyproject.toml README.md /src/
+COPY core /src/core
 COPY training /src/training
 COPY service /src/service
+COPY alexnet /src/alexnet
 RUN python3 -m venv /opt/venv \
     && pip install "/src[train]"
 
 # ---------------------------------------------------------------- train: the image
 # alexnet train / export / quantize / plot / filters, also under torchrun:
 #   docker run --gpus all --shm-size 8g -v $PWD:/work alexnet-train \
-#       torchrun --standalone --nproc_per_node=4 -m training.train --data data/x ...
+#       torchrun --standalone --nproc_per_node=4 -m alexnet train --data data/x ...
 FROM base AS train
 COPY --from=train-build /opt/venv /opt/venv
 ENV MPLCONFIGDIR=/tmp/matplotlib

@@ -160,8 +160,8 @@ def service(args: argparse.Namespace, store: Path, precision: str, jpegs: dict) 
 
 
 def similar(args: argparse.Namespace, store: Path, model: str) -> list[dict]:
-    from service.config import Settings
     from core.model_loader import load_model
+    from service.config import Settings
 
     loaded = load_model(store, model, precision="int8", device="cpu", threads=args.threads)
     images = np.stack([load_256(p) for p in find_images(args.work / "synth")])

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.gallery import DB_FILE, IMAGES_DIR, Gallery
 from core.store import now_iso
+from service.gallery import DB_FILE, IMAGES_DIR, Gallery
 
 CHUNK = 8192
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.decode import decode
 from core.model_loader import load_model
+from service.decode import decode
 
 REPO = Path(__file__).resolve().parents[1]
 BIG = 1 << 30  # no size limits for decode timing

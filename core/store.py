@@ -229,7 +229,3 @@ def add_file(folder: Path, precision: str, source: Path, details: dict | None = 
     write_json_atomic(folder / MANIFEST, manifest.model_dump())
     return manifest
 
-
-def add_store_argument(parser) -> None:  # TEMPORARY: moves to the command-line package
-    parser.add_argument("--store", type=Path, default=Path("model_store"),
-                        help="store folder (default: model_store)")

@@ -23,31 +23,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
-from core import store
+from core.model_loader import load_model
 from service.body_limit import BodyLimitMiddleware
-from service.config import Settings
+from service.config import Settings, model_spec
 from service.decode import ImageError
 from service.deps import AppState, NotReadyError
 from service.engine import Engine, OverloadedError
 from service.gallery import Gallery
-from core.model_loader import load_model
 from service.routers import gallery, health, page, predict
 
 log = logging.getLogger("service")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a client's X-Request-ID, if it is one
-
-
-def default_model(settings: Settings) -> str:
-    """ALEXNET_MODEL, or the only model name in the store."""
-    if settings.model:
-        return settings.model
-    names = store.list_names(settings.store)
-    if len(names) != 1:
-        raise FileNotFoundError(
-            f"set ALEXNET_MODEL (or --model): the store {settings.store} holds "
-            f"{', '.join(names) if names else 'no model'}"
-        )
-    return names[0]
 
 
 async def load(state: AppState) -> None:
@@ -57,7 +43,7 @@ async def load(state: AppState) -> None:
         loaded = await run_in_threadpool(
             load_model,
             s.store,
-            default_model(s),
+            model_spec(s),
             precision=s.precision,
             device=s.device,
             threads=s.threads,
@@ -176,3 +162,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     return app
+
+
+def run(settings: Settings) -> None:
+    """Serve the app with uvicorn until stopped (SIGINT/SIGTERM: a graceful shutdown)."""
+    import uvicorn
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        access_log=False,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from core import store
 
 
 class Settings(BaseSettings):
@@ -62,6 +63,14 @@ class Settings(BaseSettings):
         return self.max_images_per_request * self.max_image_bytes + self.max_metadata_bytes + 65_536
 
 
-@lru_cache
-def get_settings() -> Settings:
-    return Settings()
+def model_spec(settings: Settings) -> str:
+    """The model to serve: ALEXNET_MODEL, or the only model name in the store."""
+    if settings.model:
+        return settings.model
+    names = store.list_names(settings.store)
+    if len(names) != 1:
+        raise FileNotFoundError(
+            f"set ALEXNET_MODEL (or --model): the store {settings.store} holds "
+            f"{', '.join(names) if names else 'no model'}"
+        )
+    return names[0]

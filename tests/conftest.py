@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 
@@ -25,23 +24,23 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def train_args(data: Path, output: Path, *extra: str) -> argparse.Namespace:
-    """Arguments of `alexnet train` for a short CPU run."""
-    from training.train import get_args_parser
+def train_args(data: Path, output: Path, *extra: str):
+    """The TrainConfig that `alexnet train` makes of these options, for a short CPU run."""
+    from alexnet.train import config_from, get_args_parser
 
-    return get_args_parser().parse_args(
+    return config_from(get_args_parser().parse_args(
         ["--data", str(data), "--output", str(output), "--device", "cpu", "--workers", "0",
          "--no-progress", *extra]
-    )  # fmt: skip
+    ))  # fmt: skip
 
 
 @pytest.fixture(scope="session")
 def trained_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A `bn` run of two epochs on `synth_root`; the run folder."""
-    from training.train import main
+    from training.train import train
 
     out = tmp_path_factory.mktemp("run")
-    main(train_args(synth_root, out, "--arch", "bn", "--epochs", "2", "--batch-size", "12"))
+    train(train_args(synth_root, out, "--arch", "bn", "--epochs", "2", "--batch-size", "12"))
     return out
 
 

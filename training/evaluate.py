@@ -9,8 +9,6 @@ horizontal reflections; the prediction is the average of the ten softmax outputs
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 from pathlib import Path
 
@@ -96,24 +94,6 @@ def evaluate(
     }
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="alexnet evaluate",
-        description="Top-1/top-5 error of a checkpoint with the centre crop and with ten crops.",
-    )
-    p.add_argument("checkpoint", type=Path, help="checkpoint written by `alexnet train`")
-    p.add_argument(
-        "--data", type=Path, required=True, help="dataset root holding <split>/<class>/*"
-    )
-    p.add_argument("--split", default="val", help="sub-folder of --data to evaluate (default: val)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
-    p.add_argument("--workers", type=int, default=2, help="data loading processes (default: 2)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
-    p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p
-
-
 def resolve_device(name: str) -> torch.device:
     """'auto' picks CUDA when present."""
     if name == "auto":
@@ -124,32 +104,40 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    device = resolve_device(args.device)
-    ckpt = load_checkpoint(args.checkpoint)
-    model = model_from_checkpoint(ckpt).to(device)
-    normalize = normalize_from(ckpt["normalization"]).to(device)
-    dataset = ImageFolder256(args.data / args.split, classes=list(ckpt["labels"]))
-    loader = make_loader(dataset, batch_size=args.batch_size, workers=args.workers, shuffle=False)
-    amp = device.type == "cuda"
-    results = {}
-    for name, ten in (("single_crop", False), ("ten_crop", True)):
-        results[name] = evaluate(
-            model,
-            loader,
-            normalize,
-            ckpt["crop_size"],
-            device=device,
-            ten_crop=ten,
-            amp=amp,
-            progress=not args.no_progress,
-            desc=name,
-        )
-    print(f"{'':12} {'top-1 err':>10} {'top-5 err':>10} {'images':>8}")
-    for name, r in results.items():
-        print(f"{name:12} {r['top1_err']:>10.2%} {r['top5_err']:>10.2%} {r['images']:>8}")
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str | Path,
+    *,
+    split: str = "val",
+    batch_size: int = 64,
+    workers: int = 2,
+    device: str = "auto",
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Top-1/top-5 error of a checkpoint on `data/split`, with the centre crop and ten crops.
+
+    Returns:
+        {"single_crop": {...}, "ten_crop": {...}}, each with loss, top1_err, top5_err,
+        images and skipped.
+    """
+    target = resolve_device(device)
+    ckpt = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(ckpt).to(target)
+    normalize = normalize_from(ckpt["normalization"]).to(target)
+    dataset = ImageFolder256(Path(data) / split, classes=list(ckpt["labels"]))
+    loader = make_loader(dataset, batch_size=batch_size, workers=workers, shuffle=False)
+    return {
+        name: evaluate(model, loader, normalize, ckpt["crop_size"], device=target, ten_crop=ten,
+                       amp=target.type == "cuda", progress=progress, desc=name)
+        for name, ten in (("single_crop", False), ("ten_crop", True))
+    }  # fmt: skip
+
+
+def error_table(results: dict[str, dict[str, float]]) -> str:
+    """`evaluate_checkpoint`'s figures as a small text table."""
+    lines = [f"{'':12} {'top-1 err':>10} {'top-5 err':>10} {'images':>8}"]
+    lines += [f"{name:12} {r['top1_err']:>10.2%} {r['top5_err']:>10.2%} {r['images']:>8}"
+              for name, r in results.items()]  # fmt: skip
     if skipped := results["single_crop"]["skipped"]:
-        print(f"{skipped} unreadable file(s) skipped")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
-    return results
+        lines.append(f"{skipped} unreadable file(s) skipped")
+    return "\n".join(lines)

@@ -16,7 +16,6 @@ within `PROBS_ATOL` and `FC7_RTOL`/`FC7_ATOL`; a model that disagrees is not wri
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
@@ -29,7 +28,7 @@ from torchvision.transforms.v2 import functional as TF
 from core import constants as C
 from core import store
 from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.evaluate import ten_crop_probs
+from training.evaluate import error_table, evaluate_checkpoint, ten_crop_probs
 from training.presets import Normalize, normalize_from
 
 log = logging.getLogger(__name__)
@@ -81,18 +80,19 @@ def reference_ten_crop(
 
 def verification_inputs(count: int = 6, seed: int = 0) -> np.ndarray:
     """uint8 (count, 256, 256, 3): noise, flat black/white and gradients, reproducibly."""
-    rng = np.random.default_rng(seed)
-    images = [rng.integers(0, 256, (256, 256, 3), dtype=np.uint8) for _ in range(max(1, count - 3))]
-    ramp = np.linspace(0, 255, 256, dtype=np.float64)
-    images.append(np.stack([ramp[None, :].repeat(256, 0), ramp[:, None].repeat(256, 1),
-                            255 - ramp[None, :].repeat(256, 0)], -1).astype(np.uint8))  # fmt: skip
-    images += [np.zeros((256, 256, 3), np.uint8), np.full((256, 256, 3), 255, np.uint8)]
+    size, rng = C.IMAGE_SIZE, np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+              for _ in range(max(1, count - 3))]  # fmt: skip
+    ramp = np.linspace(0, 255, size, dtype=np.float64)
+    images.append(np.stack([ramp[None, :].repeat(size, 0), ramp[:, None].repeat(size, 1),
+                            255 - ramp[None, :].repeat(size, 0)], -1).astype(np.uint8))  # fmt: skip
+    images += [np.zeros((size, size, 3), np.uint8), np.full((size, size, 3), 255, np.uint8)]
     return np.stack(images[:count])
 
 
 def to_onnx(graph: TenCropGraph, path: Path) -> None:
     """Export with a dynamic batch dimension (torch.export based exporter)."""
-    example = torch.zeros(2, 256, 256, 3, dtype=torch.uint8)
+    example = torch.zeros(2, C.IMAGE_SIZE, C.IMAGE_SIZE, 3, dtype=torch.uint8)
     torch.onnx.export(
         graph.eval(),
         (example,),
@@ -214,7 +214,9 @@ def _describe(normalization: dict) -> dict:
     mean = torch.as_tensor(normalization["mean"])
     std = normalization.get("std")
     return {
-        "mean": "mean image (3x256x256)" if mean.dim() == 3 else [float(v) for v in mean.flatten()],
+        "mean": f"mean image (3x{C.IMAGE_SIZE}x{C.IMAGE_SIZE})"
+        if mean.dim() == 3
+        else [float(v) for v in mean.flatten()],
         "std": None if std is None else [float(v) for v in torch.as_tensor(std).flatten()],
         "units": "0..255 pixel values",
     }
@@ -232,53 +234,44 @@ def checkpoint_metrics(ckpt: dict) -> dict:
     }
 
 
-def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
-    """--name, --version and --store: where a new model version goes."""
-    parser.add_argument("--name", required=True, help="model name in the store")
-    parser.add_argument(
-        "--version", type=int, default=None, help="version number (default: the next free integer)"
-    )
-    store.add_store_argument(parser)
+def export_run(
+    checkpoint: Path,
+    *,
+    store_dir: Path,
+    name: str,
+    version: int | None = None,
+    data: Path | None = None,
+    workers: int = 2,
+    progress: bool = True,
+) -> Path:
+    """`export_checkpoint` of a checkpoint file written by `alexnet train`.
 
+    Args:
+        checkpoint: the checkpoint file; the run's metrics.jsonl beside it gives curves.png.
+        store_dir, name, version: where the new version goes (version None: the next one).
+        data: a dataset root: DATA/val is evaluated with one and ten crops for the manifest's
+            figures (None: the checkpoint's last validation figures).
+        workers: loader processes for `data`.
+        progress: show progress bars.
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="alexnet export",
-        description="Export a checkpoint to model_store/NAME/VERSION/ (ONNX with the ten crops, "
-        "softmax average and fc7 inside the graph, plus manifest.json), after verifying it "
-        "against PyTorch.",
-    )
-    p.add_argument("checkpoint", type=Path, help="checkpoint written by `alexnet train`")
-    add_publish_arguments(p)
-    p.add_argument("--data", type=Path, default=None,
-                   help="dataset root: evaluate DATA/val with one and ten crops and record the "
-                   "figures (default: the checkpoint's last validation figures)")  # fmt: skip
-    p.add_argument(
-        "--workers", type=int, default=2, help="loader processes for --data (default: 2)"
-    )
-    return p
-
-
-def main(args: argparse.Namespace) -> Path:
-    ckpt = load_checkpoint(args.checkpoint)
+    Returns:
+        the new version's folder.
+    """
+    checkpoint = Path(checkpoint)
+    ckpt = load_checkpoint(checkpoint)
     metrics = checkpoint_metrics(ckpt)
-    if args.data is not None:
-        from training.evaluate import main as evaluate_main
-
-        results = evaluate_main(argparse.Namespace(
-            checkpoint=args.checkpoint, data=args.data, split="val", batch_size=32,
-            workers=args.workers, device="auto", json=None, no_progress=False,
-        ))  # fmt: skip
-        metrics = {**results, "source": f"alexnet evaluate on {args.data / 'val'}"}
+    if data is not None:
+        results = evaluate_checkpoint(checkpoint, data, split="val", batch_size=32,
+                                      workers=workers, progress=progress)  # fmt: skip
+        log.info("figures on %s:\n%s", Path(data) / "val", error_table(results))
+        metrics = {**results, "source": f"alexnet evaluate on {Path(data) / 'val'}"}
     source = {
-        "checkpoint": str(args.checkpoint.resolve()),
-        "sha256": store.sha256_file(args.checkpoint),
+        "checkpoint": str(checkpoint.resolve()),
+        "sha256": store.sha256_file(checkpoint),
         "epoch": ckpt.get("epoch"),
     }
-    run_metrics = args.checkpoint.parent / "metrics.jsonl"  # the run's, for curves.png
-    folder = export_checkpoint(ckpt, store_dir=args.store, name=args.name, version=args.version,
-                               source=source, metrics=metrics,
-                               metrics_file=run_metrics if run_metrics.is_file() else None,
-                               )  # fmt: skip
-    print(f"exported {args.name}:{folder.name} to {folder}")
-    return folder
+    run_metrics = checkpoint.parent / C.METRICS_FILE  # the run's, for curves.png
+    return export_checkpoint(
+        ckpt, store_dir=store_dir, name=name, version=version, source=source, metrics=metrics,
+        metrics_file=run_metrics if run_metrics.is_file() else None,
+    )  # fmt: skip

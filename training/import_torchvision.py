@@ -1,9 +1,6 @@
-"""`alexnet import-torchvision --name NAME`: a store model from torchvision's ImageNet weights.
+"""A store model from torchvision's ImageNet weights (`alexnet import-torchvision`).
 
-    alexnet import-torchvision --name imagenet                       # downloads (online)
-    alexnet import-torchvision --name imagenet --weights-file alexnet-owt-7be5be79.pth
-
-This is the command that gives real ImageNet top-5 labels. The weights are torchvision's
+This is what that gives real ImageNet top-5 labels. The weights are torchvision's
 IMAGENET1K_V1 (its single-GPU AlexNet, 224 crops, 56.5% / 79.1% top-1 / top-5 accuracy
 with one centre crop, as torchvision publishes them); the 1000 category names come from
 torchvision's weight metadata, which is available offline. The normalization those
@@ -13,16 +10,15 @@ the graph, so the service needs nothing special.
 
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import torch
 from torchvision.models import AlexNet_Weights
 
-from core import store
 from core import constants as C
-from training.export import add_publish_arguments, export_checkpoint
+from core import store
+from training.export import export_checkpoint
 from training.model import build_model
 
 log = logging.getLogger(__name__)
@@ -92,31 +88,24 @@ def published_metrics() -> dict:
     }
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="alexnet import-torchvision",
-        description="Export torchvision's ImageNet AlexNet (IMAGENET1K_V1) to the model store, "
-        "with the 1000 ImageNet labels and the normalization those weights expect.",
-    )
-    p.add_argument("--weights-file", type=Path, default=None,
-                   help=f"a local copy of {Path(WEIGHTS.url).name} (default: download it through "
-                   "torchvision's weights API)")  # fmt: skip
-    add_publish_arguments(p)
-    return p
+def import_torchvision(
+    *, store_dir: Path, name: str, version: int | None = None, weights_file: Path | None = None
+) -> Path:
+    """Export torchvision's IMAGENET1K_V1 AlexNet as a new store version; returns its folder.
 
-
-def main(args: argparse.Namespace) -> Path:
-    state, source = read_state_dict(args.weights_file)
+    Args:
+        store_dir, name, version: where the new version goes (version None: the next one).
+        weights_file: a local copy of the weights (None: torchvision's download).
+    """
+    state, source = read_state_dict(weights_file)
     ckpt = checkpoint_from(state)
-    published = args.weights_file is None or source["published"]
+    published = weights_file is None or source["published"]
     if not published:
         log.warning(
             "%s is not torchvision's published file (sha256 differs); no accuracy figures recorded",
-            args.weights_file,
+            weights_file,
         )
-    folder = export_checkpoint(
-        ckpt, store_dir=args.store, name=args.name, version=args.version, source=source,
+    return export_checkpoint(
+        ckpt, store_dir=store_dir, name=name, version=version, source=source,
         metrics=published_metrics() if published else {},
     )  # fmt: skip
-    print(f"imported torchvision AlexNet ({WEIGHTS}) as {args.name}:{folder.name} in {folder}")
-    return folder

@@ -1,6 +1,4 @@
-"""`alexnet quantize NAME[:VERSION] --calibration DIR`: int8 (CPU) and fp16 (CUDA) files.
-
-    alexnet quantize synth --calibration data/synth/train
+"""int8 (CPU) and fp16 (CUDA) files for a store version (`alexnet quantize`).
 
 Both are written beside `model.onnx` in the same version folder and listed, with their
 sha256, in its manifest; the same input (uint8 images) and outputs (float32 probs, fc7).
@@ -17,7 +15,6 @@ sha256, in its manifest; the same input (uint8 images) and outputs (float32 prob
 
 from __future__ import annotations
 
-import argparse
 import logging
 import tempfile
 from pathlib import Path
@@ -31,8 +28,8 @@ from tqdm import tqdm
 
 from core import constants as C
 from core import store
-from core.model_loader import check_file, session_options
 from core.imaging import find_images, load_256
+from core.model_loader import check_file, session_options
 
 log = logging.getLogger(__name__)
 
@@ -116,55 +113,42 @@ def convert_fp16(fp32: Path, out: Path) -> None:
     onnx.save(model, str(out))
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="alexnet quantize",
-        description="Add model.int8.onnx (static QDQ, for CPU) and model.fp16.onnx (for CUDA) to a "
-        "store version, after measuring their agreement with fp32 on held-out images.",
-    )
-    p.add_argument("model", help="NAME or NAME:VERSION in the store (default version: the latest)")
-    p.add_argument(
-        "--calibration",
-        type=Path,
-        required=True,
-        help="folder of representative images (searched recursively)",
-    )
-    store.add_store_argument(p)
-    p.add_argument(
-        "--images", type=int, default=160, help="images read from --calibration (default: 160)"
-    )
-    p.add_argument(
-        "--held-out",
-        type=float,
-        default=0.5,
-        help="share of them kept for measuring agreement (default: 0.5)",
-    )
-    p.add_argument(
-        "--min-agreement",
-        type=float,
-        default=0.99,
-        help="refuse an int8 model whose top-1 agreement with fp32 is lower (default: 0.99)",
-    )
-    p.add_argument(
-        "--precisions",
-        nargs="+",
-        default=["int8", "fp16"],
-        choices=["int8", "fp16"],
-        help="what to make (default: int8 fp16)",
-    )
-    return p
+def quantize(
+    store_dir: Path,
+    spec: str,
+    calibration_dir: Path,
+    *,
+    images: int = 160,
+    held_out: float = 0.5,
+    min_agreement: float = 0.99,
+    precisions: tuple[str, ...] = ("int8", "fp16"),
+) -> store.Manifest:
+    """Add int8 and/or fp16 files to a store version, after measuring their agreement.
 
+    Args:
+        store_dir: the model store.
+        spec: NAME or NAME:VERSION (the latest version when none is given).
+        calibration_dir: representative images (searched recursively).
+        images: how many images to read from it.
+        held_out: the share of them kept for measuring agreement (not calibration).
+        min_agreement: an int8 model whose top-1 agreement with fp32 is lower is refused.
+        precisions: what to make; one the version already has is skipped.
 
-def main(args: argparse.Namespace) -> store.Manifest:
-    folder = store.resolve(args.store, args.model)
+    Returns:
+        the version's manifest, with the new files.
+
+    Raises:
+        AgreementTooLowError: int8 agrees with fp32 less than `min_agreement`.
+    """
+    folder = store.resolve(store_dir, spec)
     manifest = store.read_manifest(folder)
     fp32 = check_file(folder, manifest, "fp32")
-    images = collect_images(args.calibration, args.images)
-    n_held = max(2, int(round(len(images) * args.held_out)))
-    calibration, held_out = images[:-n_held], images[-n_held:]
-    log.info("calibration: %d images, held out: %d", len(calibration), len(held_out))
-    reference = run_probs(fp32, held_out)
-    for precision in args.precisions:
+    batch = collect_images(calibration_dir, images)
+    n_held = max(2, int(round(len(batch) * held_out)))
+    calibration, held = batch[:-n_held], batch[-n_held:]
+    log.info("calibration: %d images, held out: %d", len(calibration), len(held))
+    reference = run_probs(fp32, held)
+    for precision in precisions:
         if precision in manifest.files:
             log.info("%s already has %s; skipped", manifest.id, precision)
             continue
@@ -175,23 +159,19 @@ def main(args: argparse.Namespace) -> store.Manifest:
                 quantize_int8(fp32, out, calibration)
             else:
                 convert_fp16(fp32, out)
-            details = agreement(reference, run_probs(out, held_out))
+            details = agreement(reference, run_probs(out, held))
             log.info(
                 "%s vs fp32 on %d held-out images: top-1 agreement %.1f%%, top-5 overlap %.1f%%",
-                precision, len(held_out), 100 * details["top1_agreement"],
+                precision, len(held), 100 * details["top1_agreement"],
                 100 * details["top5_overlap"],
             )  # fmt: skip
-            if precision == "int8" and details["top1_agreement"] < args.min_agreement:
+            if precision == "int8" and details["top1_agreement"] < min_agreement:
                 raise AgreementTooLowError(
                     f"int8 top-1 agreement with fp32 is {details['top1_agreement']:.1%} on "
-                    f"{len(held_out)} held-out images, below --min-agreement "
-                    f"{args.min_agreement:.1%}; "
+                    f"{len(held)} held-out images, below --min-agreement "
+                    f"{min_agreement:.1%}; "
                     "not written (try more or more representative --calibration images)"
                 )
             details["calibration_images"] = len(calibration) if precision == "int8" else 0
             manifest = store.add_file(folder, precision, out, details)
-        print(
-            f"added {C.MODEL_FILES[precision]} to {manifest.id}: top-1 agreement "
-            f"{details['top1_agreement']:.1%}, top-5 overlap {details['top5_overlap']:.1%}"
-        )
     return manifest

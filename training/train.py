@@ -4,7 +4,7 @@
     alexnet train --data data/synth --output runs/synth-bn --arch bn --epochs 30
 
     # several GPUs on one machine: DDP, one process per GPU; --batch-size stays global
-    torchrun --standalone --nproc_per_node=4 -m training.train --data /datasets/imagenet \\
+    torchrun --standalone --nproc_per_node=4 -m alexnet train --data /datasets/imagenet \\
         --output runs/imagenet-paper --arch paper --workers 8
 
     # continue exactly where a run stopped
@@ -19,12 +19,10 @@ subtracting the training set's mean image. Every epoch writes `checkpoint.pt` (a
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
 import random
-import sys
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,148 +33,45 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from core import constants as C
+from core.durable import write_lines_atomic
 from training import distributed as dist
 from training.checkpoint import link_atomic, load_checkpoint, save_atomic
 from training.data import ImageFolder256, make_loader, pixel_statistics
 from training.evaluate import evaluate, resolve_device
-from training.model import DEFAULT_INIT, INITS, VARIANTS, build_model
+from training.model import DEFAULT_INIT, build_model
 from training.presets import Normalize, PCALighting, TrainAugment
 
 log = logging.getLogger("training")
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="alexnet train",
-        description="Train AlexNet on a class-per-folder image set (DATA/train, DATA/val).",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="Multi-GPU: torchrun --standalone --nproc_per_node=N -m training.train ARGS",
-    )
-    p.add_argument(
-        "--data", type=Path, required=True, help="root holding train/<class>/* and val/<class>/*"
-    )
-    p.add_argument(
-        "--output",
-        type=Path,
-        default=Path("runs/alexnet"),
-        help="run folder for checkpoints and metrics (default: runs/alexnet)",
-    )
-    p.add_argument(
-        "--arch", default="paper", choices=list(VARIANTS), help="network variant (default: paper)"
-    )
-    p.add_argument(
-        "--init",
-        default=None,
-        choices=list(INITS),
-        help="weight initialization: the paper's; Caffe's (biases 0.1, fc6/fc7 std 0.005), "
-        "which trains where the paper's stalls; or he (He-normal convolutions, Caffe's FC "
-        "layers) for batch norm (default: paper for paper and paper-ungrouped, caffe for "
-        "torchvision, he for bn)",
-    )
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=C.EPOCHS,
-        help=f"epochs to train (default: {C.EPOCHS}, as the paper)",
-    )
-    p.add_argument(
-        "--batch-size",
-        type=int,
-        default=C.BATCH_SIZE,
-        help=f"global batch size, split across processes (default: {C.BATCH_SIZE})",
-    )
-    p.add_argument(
-        "--lr",
-        type=float,
-        default=C.LEARNING_RATE,
-        help=f"initial learning rate (default: {C.LEARNING_RATE})",
-    )
-    p.add_argument(
-        "--momentum", type=float, default=C.MOMENTUM, help=f"SGD momentum (default: {C.MOMENTUM})"
-    )
-    p.add_argument(
-        "--weight-decay",
-        type=float,
-        default=C.WEIGHT_DECAY,
-        help=f"weight decay (default: {C.WEIGHT_DECAY})",
-    )
-    p.add_argument(
-        "--lr-factor",
-        type=float,
-        default=C.LR_FACTOR,
-        help=f"multiply the lr by this when val top-1 error plateaus (default: {C.LR_FACTOR})",
-    )
-    p.add_argument(
-        "--lr-patience",
-        type=int,
-        default=3,
-        help="epochs without improvement before the lr drops (default: 3)",
-    )
-    p.add_argument(
-        "--min-lr",
-        type=float,
-        default=1e-5,
-        help="the lr never drops below this (default: 1e-5, three drops from 0.01)",
-    )
-    p.add_argument(
-        "--dropout",
-        type=float,
-        default=C.DROPOUT,
-        help=f"dropout before fc6 and fc7 (default: {C.DROPOUT})",
-    )
-    p.add_argument(
-        "--pca-std",
-        type=float,
-        default=C.PCA_ALPHA_STD,
-        help=f"std of the PCA colour noise, 0 to disable (default: {C.PCA_ALPHA_STD})",
-    )
-    p.add_argument(
-        "--stats-images",
-        type=int,
-        default=10000,
-        help="training images used for the mean image and RGB PCA (default: 10000; 0 = all)",
-    )
-    p.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="data loading processes per GPU/process (default: min(8, CPUs - 1))",
-    )
-    p.add_argument(
-        "--device", default="auto", help="auto, cpu, cuda (default: auto = CUDA when present)"
-    )
-    p.add_argument(
-        "--amp",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="bf16 autocast on CUDA (default: on; ignored on CPU)",
-    )
-    p.add_argument(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="channels_last memory format on CUDA (default: on)",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=0,
-        help="seed for shuffling, augmentation and dropout (default: 0)",
-    )
-    p.add_argument(
-        "--resume",
-        type=Path,
-        default=None,
-        help="checkpoint to continue from (model, optimizer, scheduler, epoch, RNG)",
-    )
-    p.add_argument(
-        "--save-every",
-        type=int,
-        default=0,
-        help="also keep epoch_<N>.pt every N epochs (default: 0 = only checkpoint.pt and best.pt)",
-    )
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return p
+@dataclass
+class TrainConfig:
+    """What `train` does; `alexnet train` fills it from its options (same names), and every
+    checkpoint stores it (`config`)."""
+
+    data: Path  # root holding train/<class>/* and val/<class>/*
+    output: Path = Path("runs/alexnet")  # run folder for checkpoints and metrics
+    arch: str = "paper"  # network variant (training.model.VARIANTS)
+    init: str | None = None  # weight initialization (None: the variant's DEFAULT_INIT)
+    epochs: int = C.EPOCHS
+    batch_size: int = C.BATCH_SIZE  # global, split across processes
+    lr: float = C.LEARNING_RATE
+    momentum: float = C.MOMENTUM
+    weight_decay: float = C.WEIGHT_DECAY
+    lr_factor: float = C.LR_FACTOR  # multiply the lr by this when val top-1 error plateaus
+    lr_patience: int = 3  # epochs without improvement before the lr drops
+    min_lr: float = 1e-5  # three drops from 0.01
+    dropout: float = C.DROPOUT
+    pca_std: float = C.PCA_ALPHA_STD  # 0 disables the PCA colour noise
+    stats_images: int = 10_000  # images for the mean image and RGB PCA (0: all)
+    workers: int | None = None  # loader processes per process (None: min(8, CPUs - 1))
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    amp: bool = True  # bf16 autocast on CUDA
+    channels_last: bool = True  # channels_last memory format on CUDA
+    seed: int = 0  # shuffling, augmentation and dropout
+    resume: Path | None = None  # checkpoint to continue from
+    save_every: int = 0  # also keep epoch_<N>.pt every N epochs (0: never)
+    no_progress: bool = False  # hide progress bars
 
 
 def seed_epoch(seed: int, epoch: int, rank: int, device: torch.device) -> torch.Generator:
@@ -221,7 +116,7 @@ def train_one_epoch(
         if len(labels) == 0:
             # Under DDP every rank must join each gradient all-reduce, or the others hang:
             # take a step whose loss is zero on one blank image.
-            images = torch.zeros(1, 3, 256, 256, dtype=torch.uint8, device=device)
+            images = torch.zeros(1, 3, C.IMAGE_SIZE, C.IMAGE_SIZE, dtype=torch.uint8, device=device)
         x = augment(images, generator)  # (B, 3, c, c), normalized
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -251,7 +146,7 @@ def train_one_epoch(
     }
 
 
-def load_data(args: argparse.Namespace, rank: int, world_size: int, device: torch.device):
+def load_data(args: TrainConfig, rank: int, world_size: int, device: torch.device):
     train_set = ImageFolder256(args.data / "train")
     val_set = ImageFolder256(args.data / "val", classes=train_set.classes)
     if args.batch_size % world_size:
@@ -277,7 +172,7 @@ def load_data(args: argparse.Namespace, rank: int, world_size: int, device: torc
     return train_set, val_set, train_loader, val_loader
 
 
-def compute_statistics(args: argparse.Namespace, train_set: ImageFolder256) -> dict:
+def compute_statistics(args: TrainConfig, train_set: ImageFolder256) -> dict:
     """Mean image and RGB PCA on rank 0, shared with the other ranks."""
     stats = None
     if dist.is_main_process():
@@ -292,8 +187,14 @@ def compute_statistics(args: argparse.Namespace, train_set: ImageFolder256) -> d
     return dist.broadcast_object(stats)
 
 
-def main(args: argparse.Namespace) -> dict:
-    """Train; returns the last checkpoint's metrics history."""
+def train(config: TrainConfig) -> dict:
+    """Train; returns the last checkpoint's metrics history.
+
+    Raises:
+        FileExistsError: the output folder holds a run and `resume` is not given.
+        ValueError: the data or the options cannot be used (the message says why).
+    """
+    args = replace(config)  # filled in below (workers, arch, init), then stored as given
     device = resolve_device(args.device)
     local_rank = dist.init_distributed(device.type)
     if device.type == "cuda":
@@ -372,12 +273,12 @@ def main(args: argparse.Namespace) -> dict:
         amp,
         args.batch_size,
     )
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "func"}
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()}
     for epoch in range(start_epoch, args.epochs):
         train_loader.sampler.set_epoch(epoch)
         generator = seed_epoch(args.seed, epoch, rank, device)
         t0 = time.perf_counter()
-        train = train_one_epoch(
+        epoch_train = train_one_epoch(
             ddp_model,
             train_loader,
             augment,
@@ -403,14 +304,14 @@ def main(args: argparse.Namespace) -> dict:
         row = {
             "epoch": epoch,
             "lr": lr,
-            "train_loss": train["loss"],
-            "train_top1_err": train["top1_err"],
+            "train_loss": epoch_train["loss"],
+            "train_top1_err": epoch_train["top1_err"],
             "val_loss": val["loss"],
             "val_top1_err": val["top1_err"],
             "val_top5_err": val["top5_err"],
-            "images_per_s": train["images_per_s"],
+            "images_per_s": epoch_train["images_per_s"],
             "epoch_s": time.perf_counter() - t0,
-            "skipped_files": train["skipped"] + val["skipped"],
+            "skipped_files": epoch_train["skipped"] + val["skipped"],
         }
         history.append(row)
         improved = val["top1_err"] < best
@@ -448,20 +349,14 @@ def main(args: argparse.Namespace) -> dict:
                 link_atomic(last_path, args.output / C.CHECKPOINT_BEST)
             if args.save_every and (epoch + 1) % args.save_every == 0:
                 link_atomic(last_path, args.output / f"epoch_{epoch + 1:03d}.pt")
-            _write_metrics(history, args.output / C.METRICS_FILE)
+            # rewritten from the checkpoint's history, so the two always agree
+            write_lines_atomic(args.output / C.METRICS_FILE, history)
         dist.barrier()
     if dist.is_distributed():
         digest = dist.check_replicas_agree(model)
         log.info("all %d ranks hold identical weights (sha256 %s)", world_size, digest[:16])
     dist.cleanup()
     return {"metrics": history}
-
-
-def _write_metrics(history: list[dict], path: Path) -> None:
-    """Rewrite the JSONL file from the checkpoint's history, so the two always agree."""
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in history))
-    tmp.replace(path)
 
 
 def _rng_state() -> dict:
@@ -484,9 +379,3 @@ def _restore_rng(state: dict | None) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
-
-if __name__ == "__main__":  # torchrun -m training.train ...
-    from training.cli import setup_logging
-
-    setup_logging()
-    main(get_args_parser().parse_args(sys.argv[1:]))

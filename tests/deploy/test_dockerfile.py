@@ -94,6 +94,9 @@ def test_serve_image_installs_the_pinned_serve_set_and_no_torch() -> None:
     text = "\n".join(v for k, v in chain("serve-build", stages()) if k in ("RUN", "COPY"))
     assert "requirements/serve.txt" in text and "pip install --no-deps /src" in text
     assert "torch" not in text and "[train]" not in text
+    # the core, the service and the command line, never the training package
+    copied = {v.split()[0] for k, v in chain("serve-build", stages()) if k == "COPY"}
+    assert {"core", "service", "alexnet"} <= copied and "training" not in copied
     pins = pinned(REPO / "requirements" / "serve.txt")
     assert not {"torch", "torchvision", "onnx", "matplotlib"} & set(pins)
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]

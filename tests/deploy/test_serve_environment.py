@@ -21,7 +21,8 @@ import pytest
 from tests.service.conftest import free_port, running_server
 
 REPO = Path(__file__).parents[2]
-COPIED = ("pyproject.toml", "README.md", "training", "service")  # the Dockerfile's COPY lines
+# the Dockerfile's COPY lines: the core, the service and the command line; no training
+COPIED = ("pyproject.toml", "README.md", "core", "service", "alexnet")
 
 
 def clean_env() -> dict[str, str]:
@@ -61,14 +62,21 @@ def test_the_serve_environment_has_no_torch(serve_venv: Path, tmp_path: Path) ->
     assert probe.returncode != 0 and "No module named 'torch'" in probe.stderr
     # the service's modules and the CLI import without torch, from the installed copy
     code = (
-        "import sys, service, service.app, service.serve_cli, service.healthcheck, "
-        "service.index_cli, service.models_cli, training.cli, core.imaging\n"
+        "import sys, core.imaging, core.model_loader, service, service.app, service.indexing, "
+        "service.healthcheck, alexnet.main, alexnet.serve, alexnet.index, alexnet.reindex, "
+        "alexnet.models\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "print(service.__file__)"
     )
     probe = run(serve_venv / "python", "-c", code, cwd=tmp_path)
     assert probe.returncode == 0, probe.stderr
     assert str(serve_venv.parent) in probe.stdout, "imported the checkout, not the installed copy"
+    # only the core, the service and the command line are installed: no training package
+    probe = run(serve_venv / "python", "-c", "import training", cwd=tmp_path)
+    assert probe.returncode != 0 and "No module named 'training'" in probe.stderr
+    # and a training command says what it needs instead of a traceback
+    probe = run(serve_venv / "alexnet", "train", "--help", cwd=tmp_path)
+    assert probe.returncode != 0 and "needs the training packages" in probe.stderr
 
 
 def test_alexnet_serves_from_the_serve_environment(

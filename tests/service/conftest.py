@@ -73,7 +73,7 @@ def serve(
     log_path = gallery.parent / f"server-{port}.log"
     log = open(log_path, "ab")  # noqa: SIM115 - closed below; appended to across restarts
     proc = subprocess.Popen(
-        command or [sys.executable, "-m", "training.cli", "serve"],
+        command or [sys.executable, "-m", "alexnet", "serve"],
         env=environ,
         cwd=cwd,
         stdout=log,

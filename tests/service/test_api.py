@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.decode import decode
 from core.model_loader import load_model
+from service.decode import decode
 from tests.service.conftest import API_KEY
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

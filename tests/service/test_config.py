@@ -5,8 +5,9 @@ from __future__ import annotations
 import pydantic
 import pytest
 
+from alexnet.args import settings_from
+from alexnet.serve import get_args_parser
 from service.config import Settings
-from service.serve_cli import get_args_parser, settings_from
 
 
 def test_environment_then_options(monkeypatch) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.engine import Engine, OverloadedError
 from core.model_loader import load_model
+from service.engine import Engine, OverloadedError
 
 
 @pytest.fixture(scope="module")

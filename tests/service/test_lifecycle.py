@@ -8,10 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from alexnet.main import main as cli
 from core import store
 from service.gallery import Gallery
 from tests.service.conftest import running_server, settled_readiness
-from training.cli import main as cli
 
 
 def test_not_ready_is_503_with_the_reason(tmp_path: Path, sample_images) -> None:

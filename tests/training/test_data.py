@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.data import ImageFolder256, collate_skipping, make_loader, pixel_statistics
 from core.imaging import load_256
+from training.data import ImageFolder256, collate_skipping, make_loader, pixel_statistics
 
 
 def test_items_are_uint8_256_images_with_folder_labels(synth_root: Path) -> None:

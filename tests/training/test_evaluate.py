@@ -10,8 +10,8 @@ import torch
 from torch.nn import functional as F
 from torchvision.transforms.v2 import functional as TF
 
+from alexnet.main import main as cli
 from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.cli import main as cli
 from training.data import ImageFolder256
 from training.evaluate import ten_crop_probs
 from training.presets import normalize_from

@@ -11,10 +11,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from alexnet.main import main as cli
 from core import store
 from training import export as export_module
 from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.cli import main as cli
 from training.data import ImageFolder256
 from training.export import ExportMismatchError, export_checkpoint, reference_ten_crop
 from training.presets import normalize_from

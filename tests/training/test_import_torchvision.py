@@ -13,8 +13,8 @@ from torch.nn import functional as F
 from torchvision.models import AlexNet_Weights
 from torchvision.transforms.v2 import functional as TF
 
+from alexnet.main import main as cli
 from core import store
-from training.cli import main as cli
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from alexnet.main import main as cli
 from core import store
 from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.cli import main as cli
 from training.model import weight_layers
 from training.pictures import curves_figure, filter_grid, load_conv1, read_metrics
 

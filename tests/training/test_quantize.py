@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from alexnet.main import main as cli
 from core import store
 from core.durable import write_json_atomic
 from core.model_loader import load_model
-from training.cli import main as cli
 from training.quantize import agreement
 
 

@@ -14,7 +14,7 @@ import torch
 from tests.conftest import TINY_CLASSES, train_args
 from training.checkpoint import load_checkpoint
 from training.presets import Normalize
-from training.train import main
+from training.train import train
 
 CONTRACT_KEYS = {"model", "arch", "num_classes", "labels", "crop_size", "normalization", "epoch",
                  "optimizer", "scheduler", "metrics"}  # fmt: skip
@@ -52,15 +52,15 @@ def test_best_checkpoint_is_the_epoch_with_lowest_val_error(trained_run: Path) -
 def test_refuses_to_overwrite_a_run_without_resume(trained_run: Path, synth_root: Path) -> None:
     before = (trained_run / "checkpoint.pt").stat().st_mtime_ns
     with pytest.raises(FileExistsError, match="--resume"):
-        main(train_args(synth_root, trained_run, "--arch", "bn", "--epochs", "3"))
+        train(train_args(synth_root, trained_run, "--arch", "bn", "--epochs", "3"))
     assert (trained_run / "checkpoint.pt").stat().st_mtime_ns == before
 
 
 def test_resume_continues_exactly(synth_root: Path, tmp_path: Path) -> None:
     common = ["--arch", "paper", "--batch-size", "12", "--seed", "7"]
-    main(train_args(synth_root, tmp_path / "straight", *common, "--epochs", "2"))
-    main(train_args(synth_root, tmp_path / "stopped", *common, "--epochs", "1"))
-    main(train_args(synth_root, tmp_path / "stopped", *common, "--epochs", "2",
+    train(train_args(synth_root, tmp_path / "straight", *common, "--epochs", "2"))
+    train(train_args(synth_root, tmp_path / "stopped", *common, "--epochs", "1"))
+    train(train_args(synth_root, tmp_path / "stopped", *common, "--epochs", "2",
                     "--resume", str(tmp_path / "stopped" / "checkpoint.pt")))  # fmt: skip
     a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
@@ -83,7 +83,7 @@ def test_unreadable_files_are_skipped_during_training(synth_root: Path, tmp_path
     shutil.copytree(synth_root, data)
     cls = sorted((data / "train").iterdir())[1]
     (cls / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    main(train_args(data, tmp_path / "run", "--arch", "bn", "--epochs", "1", "--batch-size", "12"))
+    train(train_args(data, tmp_path / "run", "--arch", "bn", "--epochs", "1", "--batch-size", "12"))
     rows = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["metrics"]
     assert rows[0]["skipped_files"] == 1
 
@@ -91,7 +91,7 @@ def test_unreadable_files_are_skipped_during_training(synth_root: Path, tmp_path
 def test_lr_is_divided_by_ten_when_val_error_plateaus(synth_root: Path, tmp_path: Path) -> None:
     extra = ["--arch", "paper", "--epochs", "4", "--batch-size", "12", "--lr-patience", "0",
              "--min-lr", "1e-9"]  # fmt: skip
-    main(train_args(synth_root, tmp_path, *extra))
+    train(train_args(synth_root, tmp_path, *extra))
     rows = load_checkpoint(tmp_path / "checkpoint.pt")["metrics"]
     # The paper's rule with no patience: after an epoch whose val error is not below the
     # best so far, the next epoch runs at a tenth of the lr.
@@ -105,7 +105,7 @@ def test_lr_is_divided_by_ten_when_val_error_plateaus(synth_root: Path, tmp_path
 def test_two_process_ddp_on_cpu_keeps_ranks_identical(synth_root: Path, tmp_path: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training.train", "--data", str(synth_root), "--output", str(tmp_path),
+           "-m", "alexnet", "train", "--data", str(synth_root), "--output", str(tmp_path),
            "--arch", "paper", "--epochs", "1", "--batch-size", "12", "--device", "cpu",
            "--workers", "0", "--no-progress"]  # fmt: skip
     proc = subprocess.run(

@@ -1,7 +1,9 @@
 """`alexnet`: one command with a subcommand per job.
 
-Each subcommand's module owns its parser (`get_args_parser`) and `main(args)`; this file
-only wires them, importing a module when its subcommand runs so `alexnet --help` is fast.
+Each subcommand's module (`alexnet/<command>.py`) owns its parser (`get_args_parser`) and
+`main(args)`; this file only wires them, importing a module when its subcommand runs so
+`alexnet --help` is fast and the serving image (no torch, no `training`) runs the
+service's commands.
 """
 
 from __future__ import annotations
@@ -14,30 +16,31 @@ import sys
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "quickstart": (
-        "training.quickstart",
+        "alexnet.quickstart",
         "serve the store's model, first building the built-in default if the store is empty",
     ),
-    "synth": ("training.synth_cli", "write a procedurally drawn, labelled image set"),
-    "train": ("training.train", "train AlexNet on a class-per-folder image set"),
-    "evaluate": ("training.evaluate", "top-1/top-5 error with one centre crop and with ten crops"),
-    "export": ("training.export", "export a checkpoint to the model store as verified ONNX"),
+    "synth": ("alexnet.synth", "write a procedurally drawn, labelled image set"),
+    "train": ("alexnet.train", "train AlexNet on a class-per-folder image set"),
+    "evaluate": ("alexnet.evaluate", "top-1/top-5 error with one centre crop and with ten crops"),
+    "export": ("alexnet.export", "export a checkpoint to the model store as verified ONNX"),
     "import-torchvision": (
-        "training.import_torchvision",
+        "alexnet.import_torchvision",
         "make a store model from torchvision's ImageNet AlexNet weights",
     ),
-    "quantize": ("training.quantize", "add int8 (CPU) and fp16 (CUDA) files to a store version"),
-    "plot": ("training.plot_cli", "draw a run's training curves (loss, error, lr) as a PNG"),
-    "filters": ("training.filters_cli", "draw the conv1 kernels as an image grid (Figure 3)"),
-    "models": ("service.models_cli", "list the models in the store"),
-    "serve": ("service.serve_cli", "run the HTTP service (predict, similar, gallery)"),
-    "index": ("service.index_cli", "add a folder of images to the gallery"),
-    "reindex": ("service.reindex_cli", "re-embed the gallery with another model"),
+    "quantize": ("alexnet.quantize", "add int8 (CPU) and fp16 (CUDA) files to a store version"),
+    "plot": ("alexnet.plot", "draw a run's training curves (loss, error, lr) as a PNG"),
+    "filters": ("alexnet.filters", "draw the conv1 kernels as an image grid (Figure 3)"),
+    "models": ("alexnet.models", "list the models in the store"),
+    "serve": ("alexnet.serve", "run the HTTP service (predict, similar, gallery)"),
+    "index": ("alexnet.index", "add a folder of images to the gallery"),
+    "reindex": ("alexnet.reindex", "re-embed the gallery with another model"),
 }
 
 
 def setup_logging(level: int = logging.INFO) -> None:
+    """One log format for every command; under torchrun only rank 0 logs."""
     handler = logging.StreamHandler()
-    try:  # the serving image has no torch; then there are no ranks either
+    try:  # the serving image has no torch (and no `training`); then there are no ranks either
         from training.distributed import RankFilter
 
         handler.addFilter(RankFilter())
@@ -63,13 +66,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_command(name: str):
+    """The module of a subcommand; a clear error where its package is not installed."""
+    try:
+        return importlib.import_module(COMMANDS[name][0])
+    except ModuleNotFoundError as e:
+        if e.name not in ("torch", "torchvision", "training", "onnx", "matplotlib"):
+            raise
+        raise SystemExit(
+            f"alexnet {name} needs the training packages ({e.name} is not installed): "
+            "pip install 'alexnet-service[train]', or use the train image"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser.parse_args(argv)  # prints help or a usage error naming the valid commands
         return 2
-    module = importlib.import_module(COMMANDS[argv[0]][0])
+    module = load_command(argv[0])
     args = module.get_args_parser().parse_args(argv[1:])
     setup_logging()
     try:
@@ -78,7 +94,3 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("alexnet").error("%s", e)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

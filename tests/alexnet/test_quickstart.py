@@ -19,7 +19,7 @@ SMALL = ["--classes", "3", "--per-class", "8", "--epochs", "1", "--batch-size", 
 
 
 def quickstart_argv(root: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "training.cli", "quickstart", "--store", str(root / "store"),
+    return [sys.executable, "-m", "alexnet", "quickstart", "--store", str(root / "store"),
             "--gallery", str(root / "gallery"), "--data-dir", str(root / "data"),
             "--run-dir", str(root / "run"), "--no-progress", *SMALL, *extra]  # fmt: skip
 

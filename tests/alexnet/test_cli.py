@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from training.cli import COMMANDS
+from alexnet.main import COMMANDS
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "alexnet", *args], capture_output=True, text=True, timeout=120
     )
 
 

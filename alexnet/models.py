@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from alexnet.args import add_store_argument
 from core import store
 
 
@@ -13,7 +14,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="alexnet models",
         description="List the models in the store: versions, precisions, classes and figures.",
     )
-    store.add_store_argument(p)
+    add_store_argument(p)
     p.add_argument("--json", action="store_true", help="print the manifests as JSON")
     return p
 

@@ -11,6 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from alexnet.args import add_store_argument
 from core import store
 from training import pictures
 
@@ -28,7 +29,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="a checkpoint file, a store version folder, or a store model NAME[:VERSION] "
         "(latest version when none is given)",
     )
-    store.add_store_argument(p)
+    add_store_argument(p)
     p.add_argument(
         "-o", "--output", type=Path, default=None,
         help="PNG to write (default: filters.png beside a checkpoint, else "

@@ -1,0 +1,42 @@
+"""`alexnet evaluate CKPT`: top-1 / top-5 error with one centre crop and with the ten crops.
+
+    alexnet evaluate runs/alexnet/best.pt --data data/synth            # val split
+    alexnet evaluate best.pt --data /datasets/imagenet --split val --batch-size 256
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from core.durable import write_json_atomic
+from training.evaluate import error_table, evaluate_checkpoint
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="alexnet evaluate",
+        description="Top-1/top-5 error of a checkpoint with the centre crop and with ten crops.",
+    )
+    p.add_argument("checkpoint", type=Path, help="checkpoint written by `alexnet train`")
+    p.add_argument(
+        "--data", type=Path, required=True, help="dataset root holding <split>/<class>/*"
+    )
+    p.add_argument("--split", default="val", help="sub-folder of --data to evaluate (default: val)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
+    p.add_argument("--workers", type=int, default=2, help="data loading processes (default: 2)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")
+    p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    results = evaluate_checkpoint(
+        args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
+        workers=args.workers, device=args.device, progress=not args.no_progress,
+    )  # fmt: skip
+    print(error_table(results))
+    if args.json:
+        write_json_atomic(args.json, results)
+    return results

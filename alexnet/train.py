@@ -1,0 +1,164 @@
+"""`alexnet train`: train AlexNet on a class-per-folder image set (`training.train.train`).
+
+    alexnet train --data data/synth --output runs/synth-bn --arch bn --epochs 30
+
+    # several GPUs on one machine: DDP, one process per GPU; --batch-size stays global
+    torchrun --standalone --nproc_per_node=4 -m alexnet train --data /datasets/imagenet \\
+        --output runs/imagenet-paper --arch paper --workers 8
+
+    # continue exactly where a run stopped
+    alexnet train --data data/synth --output runs/synth-bn --resume runs/synth-bn/checkpoint.pt
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from pathlib import Path
+
+from training.model import INITS, VARIANTS
+from training.train import TrainConfig as D
+from training.train import train
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="alexnet train",
+        description="Train AlexNet on a class-per-folder image set (DATA/train, DATA/val).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Multi-GPU: torchrun --standalone --nproc_per_node=N -m alexnet train ARGS",
+    )
+    p.add_argument(
+        "--data", type=Path, required=True, help="root holding train/<class>/* and val/<class>/*"
+    )
+    p.add_argument(
+        "--output",
+        type=Path,
+        default=D.output,
+        help="run folder for checkpoints and metrics (default: runs/alexnet)",
+    )
+    p.add_argument(
+        "--arch", default=D.arch, choices=list(VARIANTS), help="network variant (default: paper)"
+    )
+    p.add_argument(
+        "--init",
+        default=D.init,
+        choices=list(INITS),
+        help="weight initialization: the paper's; Caffe's (biases 0.1, fc6/fc7 std 0.005), "
+        "which trains where the paper's stalls; or he (He-normal convolutions, Caffe's FC "
+        "layers) for batch norm (default: paper for paper and paper-ungrouped, caffe for "
+        "torchvision, he for bn)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=D.epochs,
+        help=f"epochs to train (default: {D.epochs}, as the paper)",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=D.batch_size,
+        help=f"global batch size, split across processes (default: {D.batch_size})",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=D.lr,
+        help=f"initial learning rate (default: {D.lr})",
+    )
+    p.add_argument(
+        "--momentum", type=float, default=D.momentum, help=f"SGD momentum (default: {D.momentum})"
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=D.weight_decay,
+        help=f"weight decay (default: {D.weight_decay})",
+    )
+    p.add_argument(
+        "--lr-factor",
+        type=float,
+        default=D.lr_factor,
+        help=f"multiply the lr by this when val top-1 error plateaus (default: {D.lr_factor})",
+    )
+    p.add_argument(
+        "--lr-patience",
+        type=int,
+        default=D.lr_patience,
+        help="epochs without improvement before the lr drops (default: 3)",
+    )
+    p.add_argument(
+        "--min-lr",
+        type=float,
+        default=D.min_lr,
+        help="the lr never drops below this (default: 1e-5, three drops from 0.01)",
+    )
+    p.add_argument(
+        "--dropout",
+        type=float,
+        default=D.dropout,
+        help=f"dropout before fc6 and fc7 (default: {D.dropout})",
+    )
+    p.add_argument(
+        "--pca-std",
+        type=float,
+        default=D.pca_std,
+        help=f"std of the PCA colour noise, 0 to disable (default: {D.pca_std})",
+    )
+    p.add_argument(
+        "--stats-images",
+        type=int,
+        default=D.stats_images,
+        help="training images used for the mean image and RGB PCA (default: 10000; 0 = all)",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=D.workers,
+        help="data loading processes per GPU/process (default: min(8, CPUs - 1))",
+    )
+    p.add_argument(
+        "--device", default=D.device, help="auto, cpu, cuda (default: auto = CUDA when present)"
+    )
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=D.amp,
+        help="bf16 autocast on CUDA (default: on; ignored on CPU)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=D.channels_last,
+        help="channels_last memory format on CUDA (default: on)",
+    )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=D.seed,
+        help="seed for shuffling, augmentation and dropout (default: 0)",
+    )
+    p.add_argument(
+        "--resume",
+        type=Path,
+        default=D.resume,
+        help="checkpoint to continue from (model, optimizer, scheduler, epoch, RNG)",
+    )
+    p.add_argument(
+        "--save-every",
+        type=int,
+        default=D.save_every,
+        help="also keep epoch_<N>.pt every N epochs (default: 0 = only checkpoint.pt and best.pt)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return p
+
+
+def config_from(args: argparse.Namespace) -> D:
+    """The TrainConfig of parsed options (every option is a field of the same name)."""
+    return D(**{f.name: getattr(args, f.name) for f in fields(D)})
+
+
+def main(args: argparse.Namespace) -> dict:
+    return train(config_from(args))
