@@ -19,8 +19,10 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/alexnet quickstart
 
+# ruff, the import contracts of pyproject.toml ([tool.importlinter]), then the test suite.
 test: $(STAMP)
-	$(BIN)/ruff check training service tests bench
+	$(BIN)/ruff check core training service alexnet tests bench
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 # Load (64 clients, 60 s), ten SIGKILLs and a long schemathesis run against real servers on
@@ -30,8 +32,9 @@ soak: $(STAMP)
 	$(BIN)/python -m pytest -q -s -m soak tests/soak
 
 lint: $(STAMP)
-	$(BIN)/ruff check training service tests bench
-	$(BIN)/ruff format --check training service tests bench
+	$(BIN)/ruff check core training service alexnet tests bench
+	$(BIN)/lint-imports
+	$(BIN)/ruff format --check core training service alexnet tests bench
 
 # Speed, measured in one run: raw engine vs service vs naive PyTorch, /similar at 10k and 100k.
 # Writes bench/results/bench.json and bench.png; the model is made in bench/work (first run).

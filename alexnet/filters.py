@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 from alexnet.args import add_store_argument
+from core import constants as C
 from core import store
 from training import pictures
 
@@ -44,7 +45,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def default_output(source: str, store_dir: Path) -> Path:
     path = Path(source)
     if path.is_file():
-        return path.parent / "filters.png"
+        return path.parent / C.PICTURE_FILES["filters"]
     folder = path if path.is_dir() else store.resolve(store_dir, source)
     manifest = store.read_manifest(folder)
     return Path(f"filters-{manifest.name}-{manifest.version}.png")

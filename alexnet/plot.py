@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from core import constants as C
 from training import pictures
 
 
@@ -32,7 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(args: argparse.Namespace) -> Path:
     rows = pictures.read_metrics(args.run)
     run_dir = args.run if args.run.is_dir() else args.run.parent
-    output = args.output or run_dir / "curves.png"
+    output = args.output or run_dir / C.PICTURE_FILES["curves"]
     pictures.save_curves(rows, output, dpi=args.dpi)
     print(f"wrote {output} ({len(rows)} epochs)")
     return output

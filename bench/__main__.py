@@ -16,12 +16,12 @@ import json
 import logging
 import os
 import platform
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 
+from alexnet.local_server import free_port, serve
 from bench import models, photos, report, similarity, throughput
 from core.imaging import find_images, load_256
 
@@ -78,12 +78,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     return p  # fmt: skip
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def machine() -> dict:
@@ -149,7 +143,9 @@ def service(args: argparse.Namespace, store: Path, precision: str, jpegs: dict) 
     similarity.remove(gallery)
     rows = []
     port = args.port or free_port()
-    with throughput.server(store, gallery, port, args.work / "server.log", **env) as (url, _):
+    with serve(store, gallery, port=port, log=args.work / "server.log", timeout=1800,
+               **env) as server:  # fmt: skip
+        url = server.url
         for size, js in jpegs.items():
             for clients in args.clients:
                 log.info("service, %s, %s, %d clients", precision, size, clients)
@@ -178,8 +174,9 @@ def similar(args: argparse.Namespace, store: Path, model: str) -> list[dict]:
         truth = similarity.fill(root, binding, synth, n, args.queries)
         start = time.perf_counter()
         env = {"precision": "int8", "threads": str(args.threads), "device": "cpu"}
-        with throughput.server(store, root, args.port or free_port(), args.work / "server.log",
-                               **env) as (url, proc):  # fmt: skip
+        with serve(store, root, port=args.port or free_port(), log=args.work / "server.log",
+                   timeout=1800, **env) as server:  # fmt: skip
+            url, proc = server.url, server.process
             ready_s = time.perf_counter() - start
             log.info("similar: %d vectors, ready after %.0f s; querying", n, ready_s)
             row = similarity.measure(url, truth)

@@ -3,14 +3,9 @@ per-request PyTorch baseline, and JPEG decoding."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import statistics
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +14,6 @@ import numpy as np
 from core.model_loader import load_model
 from service.decode import decode
 
-REPO = Path(__file__).resolve().parents[1]
 BIG = 1 << 30  # no size limits for decode timing
 
 
@@ -109,40 +103,6 @@ def naive(checkpoint: Path, jpegs: list[bytes], repeats: int, threads: int) -> d
             predict(data)
             times.append(time.perf_counter() - t)
     return {"images_per_s": len(times) / sum(times), **percentiles(times)}
-
-
-@contextlib.contextmanager
-def server(
-    store: Path, gallery: Path, port: int, log: Path, **env: str
-) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A real `alexnet serve` on a loopback port (ALEXNET_* from `env`); yields URL, process."""
-    environ = {**os.environ, "ALEXNET_STORE": str(store), "ALEXNET_GALLERY": str(gallery),
-               "ALEXNET_PORT": str(port), "ALEXNET_HOST": "127.0.0.1",
-               **{f"ALEXNET_{k.upper()}": v for k, v in env.items()}}  # fmt: skip
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "training.cli", "serve"], env=environ, cwd=REPO,
-            stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 1800
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the server exited; see {log}")
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(url + "/health/ready", timeout=5).status_code == 200:
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not become ready; see {log}")
-            time.sleep(0.5)
-        yield url, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def load(url: str, path: str, jpegs: list[bytes], clients: int, requests: int,

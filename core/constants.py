@@ -56,6 +56,8 @@ ACCEPTED_FORMATS = frozenset(FORMAT_SUFFIX)
 STORE_DIR = "model_store"
 MANIFEST_FILE = "manifest.json"
 MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+# pictures of a model for people: conv1's kernels (the paper's Figure 3), the training curves
+PICTURE_FILES = {"filters": "filters.png", "curves": "curves.png"}
 INPUT_NAME, OUTPUT_NAMES = "images", ("probs", "fc7")
 
 # The embedded gallery folder: SQLite rows, the folder lock, the image files.

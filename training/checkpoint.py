@@ -4,39 +4,23 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from core.durable import fsync_dir, write_atomic
 from training.model import VARIANTS, AlexNet, build_model
 
 REQUIRED_KEYS = ("model", "arch", "num_classes", "labels", "crop_size", "normalization")
 
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over `path`.
+    """torch.save through the project's durable write (`core.durable.write_atomic`).
 
     A crash at any moment leaves either the old file or the new one, never half of one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def link_atomic(src: str | Path, dst: str | Path) -> None:
@@ -52,6 +36,7 @@ def link_atomic(src: str | Path, dst: str | Path) -> None:
     except OSError:
         shutil.copy2(src, tmp)
     os.replace(tmp, dst)
+    fsync_dir(dst.parent)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -15,12 +15,17 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.datasets import ImageFolder
-from torchvision.datasets.folder import IMG_EXTENSIONS
 from tqdm import tqdm
 
+from core import constants as C
 from core.imaging import load_256
 
 log = logging.getLogger(__name__)
+
+
+def is_image_file(path: str) -> bool:
+    """The suffixes every folder reader of the project looks for (`C.IMAGE_SUFFIXES`)."""
+    return Path(path).suffix.lower() in C.IMAGE_SUFFIXES
 
 
 class ImageFolder256(Dataset):
@@ -39,11 +44,11 @@ class ImageFolder256(Dataset):
         try:
             # torchvision scans the class folders; we decode ourselves (load_256, shared with
             # the service), so the loader only has to return the path.
-            self.folder = ImageFolder(str(root), loader=str)
+            self.folder = ImageFolder(str(root), loader=str, is_valid_file=is_image_file)
         except (FileNotFoundError, RuntimeError) as e:
             raise ValueError(
                 f"{root} is not a class-per-folder image set: {e}. Expected {root}/<class>/<image> "
-                f"with extensions {', '.join(IMG_EXTENSIONS)}"
+                f"with extensions {', '.join(sorted(C.IMAGE_SUFFIXES))}"
             ) from None
         if len(self.folder.classes) < 2:
             raise ValueError(
@@ -83,7 +88,7 @@ def collate_skipping(batch: list[tuple[torch.Tensor | None, int]]):
     skipped = len(batch) - len(kept)
     if not kept:
         return (
-            torch.empty(0, 3, 256, 256, dtype=torch.uint8),
+            torch.empty(0, 3, C.IMAGE_SIZE, C.IMAGE_SIZE, dtype=torch.uint8),
             torch.empty(0, dtype=torch.long),
             skipped,
         )
@@ -163,7 +168,7 @@ def pixel_statistics(
         num_workers=workers,
         collate_fn=collate_skipping,
     )
-    total = torch.zeros(3, 256, 256, dtype=torch.float64)
+    total = torch.zeros(3, C.IMAGE_SIZE, C.IMAGE_SIZE, dtype=torch.float64)
     moment = torch.zeros(3, 3, dtype=torch.float64)  # sum of x x^T over all pixels
     count = 0
     for images, _, _ in tqdm(
@@ -178,7 +183,7 @@ def pixel_statistics(
         raise ValueError(f"no readable image in {dataset.root}")
     mean = total / count
     channel_mean = mean.mean(dim=(1, 2))
-    cov = moment / (count * 256 * 256) - torch.outer(channel_mean, channel_mean)
+    cov = moment / (count * C.IMAGE_SIZE**2) - torch.outer(channel_mean, channel_mean)
     eigval, eigvec = torch.linalg.eigh(cov)  # ascending
     order = eigval.argsort(descending=True)
     return {

@@ -199,11 +199,11 @@ def write_pictures(
     """filters.png (and curves.png from `metrics_file`) in `folder`, for the manifest."""
     from training import pictures
 
-    paths = {"filters": pictures.save_filters(
-        pictures.conv1_from_state_dict(ckpt["model"]), folder / "filters.png")}  # fmt: skip
+    conv1 = pictures.conv1_from_state_dict(ckpt["model"])
+    paths = {"filters": pictures.save_filters(conv1, folder / C.PICTURE_FILES["filters"])}
     if metrics_file is not None:
         rows = pictures.read_metrics(metrics_file)
-        paths["curves"] = pictures.save_curves(rows, folder / "curves.png")
+        paths["curves"] = pictures.save_curves(rows, folder / C.PICTURE_FILES["curves"])
     return {
         key: store.ModelFile(file=p.name, sha256=store.sha256_file(p), bytes=p.stat().st_size)
         for key, p in paths.items()

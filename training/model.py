@@ -97,14 +97,15 @@ class AlexNet(nn.Module):
         self.variant = variant
         self.features = _features(variant)
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6)) if variant.adaptive_pool else nn.Identity()
+        width = C.FC7_DIM  # fc6 and fc7: 4096 units each
         self.classifier = nn.Sequential(
             nn.Dropout(p=dropout),
-            nn.Linear(variant.widths[4] * 6 * 6, 4096),  # fc6
+            nn.Linear(variant.widths[4] * 6 * 6, width),  # fc6
             nn.ReLU(inplace=True),
             nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096),  # fc7
+            nn.Linear(width, width),  # fc7
             nn.ReLU(inplace=True),
-            nn.Linear(4096, num_classes),  # fc8
+            nn.Linear(width, num_classes),  # fc8
         )
 
     @property

@@ -52,7 +52,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     """
     path = Path(path)
     if path.is_dir():
-        path = path / "metrics.jsonl"
+        path = path / C.METRICS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"no metrics file at {path} (a run folder holds metrics.jsonl)")
     needed = ["epoch", *(f for _, fields in CURVES.values() for f in fields)]

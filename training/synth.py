@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
+
+from core.durable import write_atomic
 
 __all__ = ["CLASS_NAMES", "PATTERN_NAMES", "SHAPE_NAMES", "draw_image", "generate"]
 
@@ -468,18 +468,6 @@ def _encode(image: Image.Image, rng: np.random.Generator) -> tuple[bytes, str]:
     return buf.getvalue(), ".png"
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _check_args(classes: int, per_class: int, seed: int, val_fraction: float) -> None:
     """Raise ``ValueError`` for arguments :func:`generate` cannot honour."""
     if not 2 <= classes <= len(CLASS_NAMES):
@@ -554,7 +542,7 @@ def generate(
                 rng = np.random.default_rng([seed, class_index, index])
                 data, ext = _encode(draw_image(name, rng), rng)
                 split = "val" if index >= per_class - n_val else "train"
-                _write_atomic(root / split / name / f"{name}_{index:05d}{ext}", data)
+                write_atomic(root / split / name / f"{name}_{index:05d}{ext}", data)
                 counts[split] += 1
                 bar.update(1)
     return {"root": str(root), "classes": classes, "class_names": list(names), **counts}

@@ -12,7 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service import gallery, store
+from core import store
+from service import gallery
 from tests.service.conftest import REPO, running_server
 
 SMALL = ["--classes", "3", "--per-class", "8", "--epochs", "1", "--batch-size", "6"]

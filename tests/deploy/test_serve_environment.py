@@ -18,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.service.conftest import free_port, running_server
+from alexnet.local_server import free_port
+from tests.service.conftest import running_server
 
 REPO = Path(__file__).parents[2]
 # the Dockerfile's COPY lines: the core, the service and the command line; no training
