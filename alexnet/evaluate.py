@@ -1,7 +1,7 @@
 """`alexnet evaluate CKPT`: top-1 / top-5 error with one centre crop and with the ten crops.
 
-    alexnet evaluate runs/alexnet/best.pt --data data/synth            # val split
-    alexnet evaluate best.pt --data /datasets/imagenet --split val --batch-size 256
+alexnet evaluate runs/alexnet/best.pt --data data/synth            # val split
+alexnet evaluate best.pt --data /datasets/imagenet --split val --batch-size 256
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`alexnet export CKPT --name N`: a checkpoint -> a verified ONNX model in the store.
 
-    alexnet export runs/synth-bn/best.pt --name synth --data data/synth
+alexnet export runs/synth-bn/best.pt --name synth --data data/synth
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`alexnet import-torchvision --name NAME`: a store model from torchvision's ImageNet weights.
 
-    alexnet import-torchvision --name imagenet                       # downloads (online)
-    alexnet import-torchvision --name imagenet --weights-file alexnet-owt-7be5be79.pth
+alexnet import-torchvision --name imagenet                       # downloads (online)
+alexnet import-torchvision --name imagenet --weights-file alexnet-owt-7be5be79.pth
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`alexnet quantize NAME[:VERSION] --calibration DIR`: int8 (CPU) and fp16 (CUDA) files.
 
-    alexnet quantize synth --calibration data/synth/train
+alexnet quantize synth --calibration data/synth/train
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"{settings.gallery} is already embedded with {model_id}; nothing to do")
         return 0
     print(
-        f"re-embedded {count} images of {settings.gallery} with {model_id} "
-        f"(was {before.model_id})"
+        f"re-embedded {count} images of {settings.gallery} with {model_id} (was {before.model_id})"
     )
     return count

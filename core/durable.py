@@ -22,17 +22,9 @@ from typing import IO, Any
 TMP_PREFIX = ".tmp-"  # temporary files start with this; a sweep may remove leftovers
 
 
-def fsync_dir(folder: str | Path) -> None:
-    """Make the folder's entries (a rename, a new file) durable."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: str | Path) -> None:
-    """Flush a file someone else wrote (onnx.save, a quantizer) to disk."""
+def fsync_path(path: str | Path) -> None:
+    """Flush a file (one someone else wrote: onnx.save, a quantizer) or a folder's entries
+    (a rename, a new file) to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -74,7 +66,7 @@ def write_atomic(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_dir(path.parent)
+    fsync_path(path.parent)
     return path
 
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 
 from core.constants import FC7_DIM, IMAGE_SIZE, INPUT_NAME, MODEL_FILES, OUTPUT_NAMES
 from core.constants import MANIFEST_FILE as MANIFEST
-from core.durable import fsync_dir, fsync_file, write_json_atomic
+from core.durable import fsync_path, write_json_atomic
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -200,10 +200,10 @@ def publish_version(
     try:
         manifest = fill(tmp, version)
         for path in tmp.iterdir():  # the model files, durable before they are published
-            fsync_file(path)
+            fsync_path(path)
         write_json_atomic(tmp / MANIFEST, manifest.model_dump())
         os.rename(tmp, final)  # atomic; fails if `final` appeared meanwhile and is not empty
-        fsync_dir(parent)
+        fsync_path(parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -218,7 +218,7 @@ def add_file(folder: Path, precision: str, source: Path, details: dict | None = 
             f"{manifest.id} already has a {precision} model; files are never overwritten"
         )
     target = folder / MODEL_FILES[precision]
-    fsync_file(source)
+    fsync_path(source)
     os.replace(source, target)
     manifest.files[precision] = ModelFile(
         file=target.name,
@@ -228,4 +228,3 @@ def add_file(folder: Path, precision: str, source: Path, details: dict | None = 
     )
     write_json_atomic(folder / MANIFEST, manifest.model_dump())
     return manifest
-

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from core.durable import fsync_dir, write_atomic
+from core.durable import fsync_path, write_atomic
 from training.model import VARIANTS, AlexNet, build_model
 
 REQUIRED_KEYS = ("model", "arch", "num_classes", "labels", "crop_size", "normalization")
@@ -36,7 +36,7 @@ def link_atomic(src: str | Path, dst: str | Path) -> None:
     except OSError:
         shutil.copy2(src, tmp)
     os.replace(tmp, dst)
-    fsync_dir(dst.parent)
+    fsync_path(dst.parent)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

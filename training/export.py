@@ -1,4 +1,4 @@
-"""`alexnet export`: a checkpoint -> `model_store/<name>/<version>/model.onnx` + manifest.
+"""A checkpoint -> `model_store/<name>/<version>/model.onnx` + manifest (`alexnet export`).
 
     alexnet export runs/synth-bn/best.pt --name synth --data data/synth
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import time
 from collections.abc import Iterator
@@ -13,7 +14,6 @@ import pytest
 from PIL import Image
 
 from alexnet import local_server
-from alexnet.local_server import Server
 
 API_KEY = "test-key-123"
 # Small limits, so that crossing them is cheap (ALEXNET_* settings of the test servers).
@@ -22,22 +22,8 @@ SMALL_LIMITS = {"max_image_bytes": "2000000", "max_image_pixels": "4000000",
 REPO = Path(__file__).parents[2]
 
 
-@contextlib.contextmanager
-def serve(
-    store: Path,
-    gallery: Path,
-    wait_ready: bool = True,
-    port: int | None = None,
-    command: list[str] | None = None,
-    cwd: Path = REPO,
-    **env: str,
-) -> Iterator[Server]:
-    """`alexnet.local_server.serve` with the tests' defaults: two onnxruntime threads (the
-    machine's cores), started in the repository."""
-    env.setdefault("threads", "2")
-    with local_server.serve(store, gallery, wait_ready=wait_ready, port=port, command=command,
-                            cwd=cwd, **env) as server:  # fmt: skip
-        yield server
+# the tests' servers: two onnxruntime threads (the machine's cores), started in the repository
+serve = functools.partial(local_server.serve, cwd=REPO, threads="2")
 
 
 @contextlib.contextmanager
@@ -50,7 +36,7 @@ def running_server(
     **env: str,
 ) -> Iterator[str]:
     """`serve`, yielding only the base URL."""
-    with serve(store, gallery, wait_ready, command=command, cwd=cwd, **env) as server:
+    with serve(store, gallery, wait_ready=wait_ready, command=command, cwd=cwd, **env) as server:
         yield server.url
 
 

@@ -26,9 +26,10 @@ import httpx
 import pytest
 from PIL import Image
 
+from alexnet.local_server import Server
 from service.config import Settings
 from service.decode import ImageError, decode
-from tests.service.conftest import API_KEY, SMALL_LIMITS, Server, encode, serve
+from tests.service.conftest import API_KEY, SMALL_LIMITS, encode, serve
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 BOUNDARY = b"hostile-7f3a"

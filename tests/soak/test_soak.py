@@ -25,7 +25,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.service.conftest import API_KEY, REPO, SMALL_LIMITS, Server, serve
+from alexnet.local_server import Server
+from tests.service.conftest import API_KEY, REPO, SMALL_LIMITS, serve
 from tests.service.test_crash import crash_cycles, distinct_image
 from tests.service.test_schema_fuzz import run_schemathesis
 
