@@ -13,12 +13,9 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from core import constants as C
 from core.imaging import prepare, resize_center
 
-# What a browser or a camera sends; anything else (SVG, PDF, PSD, ICO, ...) is refused.
-ALLOWED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"}
-EXTENSIONS = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif",
-              "BMP": ".bmp", "TIFF": ".tiff"}  # fmt: skip
 # What Pillow raises on a malformed file besides UnidentifiedImageError: its own "not this
 # format" signals (SyntaxError, IndexError, TypeError, struct.error) and, from deeper in a
 # plugin, OSError, ValueError (e.g. a PNG text chunk that inflates past MAX_TEXT_CHUNK) and
@@ -68,14 +65,14 @@ def sniff_format(data: bytes, *, max_bytes: int, max_pixels: int) -> str:
         if isinstance(e, UnidentifiedImageError):
             raise NotAnImageError(
                 "not an image, or not one of the accepted formats "
-                f"({', '.join(sorted(ALLOWED_FORMATS))})"
+                f"({', '.join(sorted(C.ACCEPTED_FORMATS))})"
             ) from None
         raise ImageTooLargeError(f"the image has too many pixels ({e})") from None
     except CORRUPT_FILE_ERRORS as e:  # a header Pillow recognises but cannot parse
         raise ImageError(f"the image header is corrupt: {e}") from None
-    if fmt not in ALLOWED_FORMATS:
+    if fmt not in C.ACCEPTED_FORMATS:
         raise NotAnImageError(
-            f"{fmt} images are not accepted; send {', '.join(sorted(ALLOWED_FORMATS))}"
+            f"{fmt} images are not accepted; send {', '.join(sorted(C.ACCEPTED_FORMATS))}"
         )
     if w * h > max_pixels:
         raise ImageTooLargeError(

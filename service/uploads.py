@@ -9,8 +9,9 @@ import numpy as np
 from fastapi import UploadFile
 from starlette.concurrency import run_in_threadpool
 
+from core import constants as C
 from service.config import Settings
-from service.decode import EXTENSIONS, ImageError, ImageTooLargeError, decode
+from service.decode import ImageError, ImageTooLargeError, decode
 from service.metrics import Metrics
 
 
@@ -51,6 +52,6 @@ async def read_images(uploads: list[UploadFile], settings: Settings, metrics: Me
     metrics.images.labels("decoded").inc(len(raw))
     return Uploads(
         raw=raw,
-        extensions=[EXTENSIONS[fmt] for _, fmt in decoded],
+        extensions=[C.FORMAT_SUFFIX[fmt] for _, fmt in decoded],
         pixels=np.stack([pixels for pixels, _ in decoded]),
     )
