@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.gallery import Gallery, NewItem
-from service.vector_index import CompressedIndex, ExactIndex
+from service.gallery.vector_index import CompressedIndex, ExactIndex
 
 DIM = 4096
 MODEL = {"model_sha256": "c" * 64, "model_id": "synth:1"}

@@ -7,7 +7,7 @@
 
 SQLite is the source of truth; the FAISS index (FAISS id = SQLite rowid) is an in-memory copy
 rebuilt at open: exact (`IDMap2,Flat`) while the gallery holds at most `exact_max` items,
-above that a compressed one (`service.vector_index.CompressedIndex`: PCA + IVF + 8-bit codes,
+above that a compressed one (`service.gallery.vector_index.CompressedIndex`: PCA + IVF + 8-bit codes,
 candidates re-ranked by their exact distance from the vectors in SQLite). The switch happens
 at open or when an add crosses the size; a delete takes effect in either.
 
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from core.store import now_iso
-from service.vector_index import (
+from service.gallery.vector_index import (
     MIN_TRAIN,
     PCA_SAMPLE,
     TRAIN_SAMPLE,
