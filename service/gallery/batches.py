@@ -1,0 +1,57 @@
+"""What an add writes: checked rows, their vectors and their image files.
+
+A batch is made, and every input checked, before anything is written: an invalid item
+writes nothing. Each item's image file is named after its id (`images/<id><ext>`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+
+import numpy as np
+
+from core.store import now_iso
+from service.gallery.image_files import file_name
+from service.gallery.items import (
+    NewItem,
+    check_image,
+    check_label,
+    check_vectors,
+    metadata_json,
+)
+
+
+@dataclass
+class Batch:
+    """Rows to insert in one transaction, after their files are written."""
+
+    rows: list[tuple]  # (id, label, metadata JSON, created_at, image_file, image_sha256)
+    vectors: np.ndarray  # (len(rows), dim) float32
+    files: list[tuple[str, bytes]]  # (image file name, bytes)
+
+    @property
+    def ids(self) -> list[str]:
+        return [row[0] for row in self.rows]
+
+
+def batch_of_items(items: list[NewItem], dim: int) -> Batch:
+    """The rows, vectors and files of `items`, or ValueError naming the first invalid one."""
+    rows, vectors, files = [], [], []
+    for i, item in enumerate(items):
+        what = f"item {i}"
+        data, ext = check_image(item.image_bytes, item.image_ext, what)
+        vectors.append(check_vectors(item.vector, dim, what))
+        label = check_label(item.label, what)
+        metadata = metadata_json(item.metadata, what)
+        item_id = uuid.uuid4().hex
+        name = file_name(item_id, ext)
+        rows.append((item_id, label, metadata, now_iso(), name, sha256(data)))
+        files.append((name, data))
+    stacked = np.stack(vectors) if vectors else np.empty((0, dim), np.float32)
+    return Batch(rows, stacked, files)
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
