@@ -24,8 +24,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.gallery import DB_FILE, IMAGES_DIR, Gallery
+from core.constants import GALLERY_DB_FILE, GALLERY_IMAGES_DIR
 from core.store import now_iso
+from service.gallery import Gallery
 
 CHUNK = 8192
 
@@ -57,9 +58,9 @@ def fill(root: Path, binding: dict, synth: Synthesiser, n: int, queries: int, k:
         assert len(g) == 0, f"{root} is not empty"
     image_file = "0" * 32 + ".jpg"
     image = b"\xff\xd8 bench"  # rows only: the search never reads images
-    (root / IMAGES_DIR / image_file).write_bytes(image)
+    (root / GALLERY_IMAGES_DIR / image_file).write_bytes(image)
     sha = hashlib.sha256(image).hexdigest()
-    db = sqlite3.connect(root / DB_FILE, isolation_level=None)
+    db = sqlite3.connect(root / GALLERY_DB_FILE, isolation_level=None)
     db.execute("PRAGMA synchronous=OFF")  # the bench can redo a crashed fill
     q = synth.chunk(0)[:queries].astype(np.float32)
     best_d = np.full((queries, k + 1), np.inf, dtype=np.float32)
