@@ -23,8 +23,8 @@ One module per job, `Gallery` (facade.py) wiring them:
     sqlite_db.py     schema, WAL + synchronous=FULL, transactions, the model binding
     sqlite_rows.py   the statements on the items table (one chunked reader, one IN lookup)
     image_files.py   the durable image files, their removal, the orphan sweep at open
-    batches.py       what an add writes: checked rows, vectors and files
-    index_policy.py  exact or compressed, and how a compressed index is trained
+    batches.py       what an add writes (checked rows, vectors, files) and in which order
+    index_policy.py  the live index: exact or compressed, when it switches, how it trains
     vector_index.py  ExactIndex and CompressedIndex (FAISS)
     search.py        a query answered: index hits -> `Neighbor`s
 

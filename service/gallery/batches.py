@@ -1,4 +1,4 @@
-"""What an add writes: checked rows, their vectors and their image files.
+"""What an add writes - checked rows, their vectors and their image files - and how.
 
 A batch is made, and every input checked, before anything is written: an invalid item
 writes nothing. Each item's image file is named after its id (`images/<id><ext>`).
@@ -7,13 +7,15 @@ writes nothing. Each item's image file is named after its id (`images/<id><ext>`
 from __future__ import annotations
 
 import hashlib
+import threading
 import uuid
 from dataclasses import dataclass
 
 import numpy as np
 
 from core.store import now_iso
-from service.gallery.image_files import file_name
+from service.gallery.image_files import ImageFiles, file_name
+from service.gallery.index_policy import GalleryIndex
 from service.gallery.items import (
     NewItem,
     check_image,
@@ -21,6 +23,7 @@ from service.gallery.items import (
     check_vectors,
     metadata_json,
 )
+from service.gallery.sqlite_rows import SqliteRows
 
 
 @dataclass
@@ -51,6 +54,36 @@ def batch_of_items(items: list[NewItem], dim: int) -> Batch:
         files.append((name, data))
     stacked = np.stack(vectors) if vectors else np.empty((0, dim), np.float32)
     return Batch(rows, stacked, files)
+
+
+def store(
+    batch: Batch, files: ImageFiles, rows: SqliteRows, index: GalleryIndex, lock: threading.Lock
+) -> None:
+    """Write a batch, all or none; durable once this returns.
+
+    Files first, outside `lock` (fsync is slow): a crash before the commit leaves only
+    orphans, which the next open removes, and a failed commit removes them at once. Then,
+    under `lock`, the rows in one transaction and their vectors into `index`.
+    """
+    if not batch.rows:
+        return
+    rows.require_open()
+    written: list[str] = []
+    committed = False
+    try:
+        for name, data in batch.files:
+            files.write(name, data)
+            written.append(name)
+        with lock:
+            rowids = rows.insert(batch.rows, batch.vectors)
+            committed = True
+            # Under the same lock as the commit, so a remove cannot slip in between.
+            index.add(batch.vectors, rowids)
+    except BaseException:
+        if not committed:  # once committed, the files belong to rows
+            for name in written:
+                files.remove(name)
+        raise
 
 
 def sha256(data: bytes) -> str:

@@ -1,7 +1,7 @@
 """`Gallery`: the one object the service, the command line and the bench use.
 
 It wires the parts of the package together - the folder lock, the SQLite rows, the image
-files and the index policy - and holds the lock that makes it safe to share between threads.
+files and the index - and holds the lock that makes it safe to share between threads.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import numpy as np
 
 from core.constants import FC7_DIM, GALLERY_EXACT_MAX, GALLERY_IMAGES_DIR
 from core.durable import fsync_dir
-from service.gallery.batches import Batch, batch_of_items
+from service.gallery.batches import batch_of_items, store
 from service.gallery.folder_lock import FolderLock
 from service.gallery.image_files import ImageFiles
-from service.gallery.index_policy import Index, IndexPolicy
+from service.gallery.index_policy import GalleryIndex
 from service.gallery.items import (
     Item,
     ModelBinding,
@@ -31,7 +31,6 @@ from service.gallery.items import (
 )
 from service.gallery.search import nearest
 from service.gallery.sqlite_rows import SqliteRows
-from service.gallery.vector_index import ExactIndex
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +50,8 @@ class Gallery:
         """Internal: use `Gallery.open`."""
         self.root, self.images_dir, self.exact_max = root, files.folder, exact_max
         self._folder_lock, self._rows, self._files = folder_lock, rows, files
-        self._policy = IndexPolicy(rows, exact_max)
+        self._index = GalleryIndex(rows, exact_max)
         self._lock = threading.Lock()
-        self._index: Index = ExactIndex(rows.dim)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -95,27 +93,17 @@ class Gallery:
             for folder in (files.folder, root):  # make a new gallery's entries durable
                 fsync_dir(folder)
             gallery = cls(root, folder_lock, rows, files, exact_max)
-            gallery._load()
+            files.sweep(gallery._index.load())  # remove image files without a row
         except BaseException:
             if rows is not None:
                 rows.close()
             folder_lock.release()
             raise
-        return gallery
-
-    def _load(self) -> None:
-        """Build the index from the rows and remove image files without a row."""
-        index = self._policy.empty_for_rows(self._rows.count())
-        known: set[str] = set()
-        for rows in self._rows.chunks("image_file, vector"):
-            known.update(image_file for _, image_file, _ in rows)
-            index.add(*self._rows.stack(rows))
-        self._index = index
-        self._files.sweep(known)
         log.info(
             "gallery %s: %d item(s), model %s, %s index",
-            self.root, len(self), self.model_id, self.index_kind,
+            root, len(gallery), gallery.model_id, gallery.index_kind,
         )  # fmt: skip
+        return gallery
 
     def close(self) -> None:
         """Close the database and release the folder; further calls raise RuntimeError."""
@@ -124,7 +112,7 @@ class Gallery:
                 return
             self._rows.close()
             self._folder_lock.release()
-            self._index = ExactIndex(self.dim)
+            self._index.clear()
 
     def __enter__(self) -> Gallery:
         return self
@@ -172,32 +160,8 @@ class Gallery:
             ValueError: an item is invalid (nothing is written then).
         """
         batch = batch_of_items(items, self.dim)
-        if batch.rows:
-            self._store(batch)
+        store(batch, self._files, self._rows, self._index, self._lock)
         return batch.ids
-
-    def _store(self, batch: Batch) -> None:
-        """Write the files, commit the rows, update the index; all or none."""
-        self._rows.require_open()
-        # Files first, outside the lock (fsync is slow): a crash before the commit leaves
-        # only orphans, which the next open removes.
-        written: list[str] = []
-        committed = False
-        try:
-            for name, data in batch.files:
-                self._files.write(name, data)
-                written.append(name)
-            with self._lock:
-                rowids = self._rows.insert(batch.rows, batch.vectors)
-                committed = True
-                # Under the same lock as the commit, so a remove cannot slip in between.
-                self._index.add(batch.vectors, rowids)
-                self._index = self._policy.after_add(self._index)
-        except BaseException:
-            if not committed:  # once committed, the files belong to rows
-                for name in written:
-                    self._files.remove(name)
-            raise
 
     def remove(self, id: str) -> bool:
         """Delete an item (row, image file, index entry); False if there is no such id."""
@@ -231,10 +195,10 @@ class Gallery:
         with self._lock:
             rowids = self._rows.rowids_of_every(checked)
             # Built before the commit, so running out of memory changes nothing.
-            index = self._policy.for_vectors(list(checked.values()), rowids)
+            index = self._index.prepare(list(checked.values()), rowids)
             binding = ModelBinding(model_id, model_sha256, self.dim)
             self._rows.replace_vectors(rowids, list(checked.values()), binding)
-            self._index = index
+            self._index.use(index)
 
     # ----------------------------------------------------------------- reads
 

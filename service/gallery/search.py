@@ -7,13 +7,13 @@ import math
 
 import numpy as np
 
-from service.gallery.index_policy import Index
+from service.gallery.index_policy import GalleryIndex
 from service.gallery.items import Neighbor
 from service.gallery.sqlite_rows import SqliteRows
 
 
 def nearest(
-    index: Index, rows: SqliteRows, query: np.ndarray, k: int, skip: int | None = None
+    index: GalleryIndex, rows: SqliteRows, query: np.ndarray, k: int, skip: int | None = None
 ) -> list[Neighbor]:
     """The `k` items nearest to `query`, nearest first (the caller holds the gallery's lock).
 
