@@ -1,7 +1,8 @@
 """What an add writes - checked rows, their vectors and their image files - and how.
 
 A batch is made, and every input checked, before anything is written: an invalid item
-writes nothing. Each item's image file is named after its id (`images/<id><ext>`).
+writes nothing. Each item of `add` has its own image file, named after its id
+(`images/<id><ext>`); the rows of one `add_vectors` call share one file, named like one.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +57,31 @@ def batch_of_items(items: list[NewItem], dim: int) -> Batch:
         files.append((name, data))
     stacked = np.stack(vectors) if vectors else np.empty((0, dim), np.float32)
     return Batch(rows, stacked, files)
+
+
+def batch_of_vectors(
+    vectors: np.ndarray,
+    dim: int,
+    image_bytes: bytes,
+    image_ext: str,
+    labels: Sequence[str | None] | None = None,
+    metadata: Sequence[dict[str, Any]] | None = None,
+) -> Batch:
+    """Rows for (n, dim) vectors that share one image file, or ValueError (`add_vectors`)."""
+    matrix = check_vectors(vectors, dim, "vectors", rows=True)
+    data, ext = check_image(image_bytes, image_ext, "image")
+    n = len(matrix)
+    labels = [None] * n if labels is None else list(labels)
+    metadata = [{}] * n if metadata is None else list(metadata)
+    if len(labels) != n or len(metadata) != n:
+        raise ValueError(f"{n} vectors, {len(labels)} labels and {len(metadata)} metadata dicts")
+    name, digest, created = file_name(uuid.uuid4().hex, ext), sha256(data), now_iso()
+    rows = [
+        (uuid.uuid4().hex, check_label(label, f"row {j}"), metadata_json(meta, f"row {j}"),
+         created, name, digest)
+        for j, (label, meta) in enumerate(zip(labels, metadata, strict=True))
+    ]  # fmt: skip
+    return Batch(rows, matrix, [(name, data)] if rows else [])
 
 
 def store(

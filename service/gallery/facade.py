@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from core.constants import FC7_DIM, GALLERY_EXACT_MAX, GALLERY_IMAGES_DIR
 from core.durable import fsync_dir
-from service.gallery.batches import batch_of_items, store
+from service.gallery.batches import batch_of_items, batch_of_vectors, store
 from service.gallery.folder_lock import FolderLock
 from service.gallery.image_files import ImageFiles
 from service.gallery.index_policy import GalleryIndex
@@ -163,6 +164,36 @@ class Gallery:
         store(batch, self._files, self._rows, self._index, self._lock)
         return batch.ids
 
+    def add_vectors(
+        self,
+        vectors: np.ndarray,
+        *,
+        image_bytes: bytes,
+        image_ext: str,
+        labels: Sequence[str | None] | None = None,
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> list[str]:
+        """Store vectors made elsewhere (a benchmark's, an import's) that share one image
+        file, all or none, durable once this returns: the file written once (and removed
+        with the last of its rows), the rows in one transaction, the index updated once.
+        Fill a large gallery with one call per chunk of some thousand vectors.
+
+        Args:
+            vectors: (n, dim) float32.
+            image_bytes: the image all the rows refer to; image_ext: its extension (".jpg").
+            labels: one per vector (default: None each).
+            metadata: one dict per vector (default: {} each).
+
+        Returns:
+            The new ids, in the order of `vectors`.
+
+        Raises:
+            ValueError: an input is invalid (nothing is written then).
+        """
+        batch = batch_of_vectors(vectors, self.dim, image_bytes, image_ext, labels, metadata)
+        store(batch, self._files, self._rows, self._index, self._lock)
+        return batch.ids
+
     def remove(self, id: str) -> bool:
         """Delete an item (row, image file, index entry); False if there is no such id."""
         if not is_valid_id(id):
@@ -171,9 +202,10 @@ class Gallery:
             deleted = self._rows.delete(id)
             if deleted is None:
                 return False
-            rowid, image_file = deleted
-            # After the commit: a crash in between leaves an orphan file, removed at open.
-            self._files.remove(image_file)
+            rowid, unused_file = deleted
+            if unused_file is not None:
+                # After the commit: a crash in between leaves an orphan, removed at open.
+                self._files.remove(unused_file)
             self._index.remove(np.array([rowid], dtype=np.int64))
         return True
 

@@ -1,7 +1,8 @@
 """The gallery's SQLite database: schema, durability settings, the model binding.
 
     items  rowid, id, label, metadata (JSON), created_at, image_file, image_sha256,
-           vector (little-endian float32 blob)
+           vector (little-endian float32 blob); indexed by image_file too (`add_vectors`
+           gives many rows one file, removed with the last of them)
     meta   key -> value: schema, model_sha256, model_id, dim
 
 SQLite is the source of truth. It runs in WAL mode with synchronous=FULL, so a committed
@@ -33,6 +34,7 @@ CREATE TABLE IF NOT EXISTS items (
     vector BLOB NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE INDEX IF NOT EXISTS items_image_file ON items (image_file);
 """
 
 

@@ -199,13 +199,19 @@ class SqliteRows:
             )  # fmt: skip
         return np.arange(first, first + len(rows), dtype=np.int64)
 
-    def delete(self, id: str) -> tuple[int, str] | None:
-        """Delete the row of this id; (its rowid, its image file), or None if there is none."""
+    def delete(self, id: str) -> tuple[int, str | None] | None:
+        """Delete the row of this id: None if there is none, else (its rowid, its image file
+        if no other row names that file, else None)."""
         with transaction(self.db) as db:
             row = db.execute("SELECT rowid, image_file FROM items WHERE id = ?", (id,)).fetchone()
-            if row is not None:
-                db.execute("DELETE FROM items WHERE rowid = ?", (row[0],))
-        return row
+            if row is None:
+                return None
+            rowid, image_file = row
+            db.execute("DELETE FROM items WHERE rowid = ?", (rowid,))
+            shared = db.execute(
+                "SELECT 1 FROM items WHERE image_file = ? LIMIT 1", (image_file,)
+            ).fetchone()
+        return rowid, None if shared else image_file
 
     def replace_vectors(
         self, rowids: np.ndarray, vectors: Sequence[np.ndarray], binding: ModelBinding
