@@ -1,6 +1,6 @@
 """`/similar` at gallery sizes beyond what images can fill: fc7-like vectors synthesised
-around real fc7 vectors, written straight into a gallery's SQLite table, searched through a
-real server; recall@10 against exact search computed here, chunk by chunk.
+around real fc7 vectors, added with `Gallery.add_vectors`, searched through a real server;
+recall@10 against exact search computed here, chunk by chunk.
 
 Synthesis: the real fc7 vectors of N images (the bench model on the synthetic image set)
 give a mean, a principal basis (all N-1 components) and each vector's place. Vector j of
@@ -13,21 +13,17 @@ generator, so any chunk can be made again without storing 16 GB of vectors.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
-import sqlite3
 import time
-import uuid
 from pathlib import Path
 
 import httpx
 import numpy as np
 
-from core.store import now_iso
-from service.gallery import DB_FILE, IMAGES_DIR, Gallery
+from service.gallery import Gallery
 
-CHUNK = 8192
+CHUNK = 8192  # vectors per `add_vectors` call (one transaction, one shared image file)
+IMAGE = b"\xff\xd8 bench"
 
 
 class Synthesiser:
@@ -51,46 +47,40 @@ class Synthesiser:
 
 
 def fill(root: Path, binding: dict, synth: Synthesiser, n: int, queries: int, k: int = 10) -> dict:
-    """Write `n` items into a new gallery at `root` (rows only, one shared image file) and
-    the exact top-k (self excluded) of the first `queries` items; returns the ground truth."""
-    with Gallery.open(root, exact_max=n, **binding) as g:  # creates the schema, binds the model
-        assert len(g) == 0, f"{root} is not empty"
-    image_file = "0" * 32 + ".jpg"
-    image = b"\xff\xd8 bench"  # rows only: the search never reads images
-    (root / IMAGES_DIR / image_file).write_bytes(image)
-    sha = hashlib.sha256(image).hexdigest()
-    db = sqlite3.connect(root / DB_FILE, isolation_level=None)
-    db.execute("PRAGMA synchronous=OFF")  # the bench can redo a crashed fill
+    """Add `n` synthesised vectors to a new gallery at `root` and compute the exact top-k
+    (self excluded) of the first `queries` of them; returns the ground truth.
+
+    `Gallery.add_vectors`, one call per chunk: the rows of a chunk share one tiny image file
+    (the search never reads images), committed with the gallery's own durability.
+    """
     q = synth.chunk(0)[:queries].astype(np.float32)
     best_d = np.full((queries, k + 1), np.inf, dtype=np.float32)
     best_i = np.full((queries, k + 1), -1, dtype=np.int64)
     ids: list[str] = []
     start = time.perf_counter()
-    for c in range((n + CHUNK - 1) // CHUNK):
-        x = synth.chunk(c)[: n - c * CHUNK]
-        first = c * CHUNK
-        chunk_ids = [uuid.uuid4().hex for _ in range(len(x))]
-        if first < queries:
-            ids.extend(chunk_ids[: queries - first])
-        created = now_iso()
-        db.execute("BEGIN")
-        db.executemany(
-            "INSERT INTO items (id, label, metadata, created_at, image_file, image_sha256, "
-            "vector) VALUES (?, NULL, ?, ?, ?, ?, ?)",
-            ((chunk_ids[j], json.dumps({"i": first + j}), created, image_file, sha,
-              x[j].astype("<f4").tobytes()) for j in range(len(x))),
-        )  # fmt: skip
-        db.execute("COMMIT")
-        d = (q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2 * (q @ x.T)
-        all_d = np.concatenate([best_d, d], axis=1)
-        all_i = np.concatenate([best_i, np.broadcast_to(np.arange(first, first + len(x)),
-                                                        d.shape)], axis=1)  # fmt: skip
-        top = np.argsort(all_d, axis=1, kind="stable")[:, : k + 1]
-        best_d, best_i = np.take_along_axis(all_d, top, 1), np.take_along_axis(all_i, top, 1)
-    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    db.close()
+    with Gallery.open(root, **binding) as g:
+        assert len(g) == 0, f"{root} is not empty"
+        for c in range((n + CHUNK - 1) // CHUNK):
+            x, first = synth.chunk(c)[: n - c * CHUNK], c * CHUNK
+            metadata = [{"i": first + j} for j in range(len(x))]
+            chunk_ids = g.add_vectors(x, image_bytes=IMAGE, image_ext=".jpg", metadata=metadata)
+            ids.extend(chunk_ids[: max(queries - first, 0)])
+            best_d, best_i = _merge_nearest(q, x, first, best_d, best_i)
     truth = [[int(i) for i in row if i != qi][:k] for qi, row in enumerate(best_i)]
     return {"ids": ids, "truth": truth, "fill_s": time.perf_counter() - start}
+
+
+def _merge_nearest(
+    q: np.ndarray, x: np.ndarray, first: int, best_d: np.ndarray, best_i: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The nearest so far (squared distances, item numbers) of each query, with the vectors
+    `x` (item numbers from `first` on) taken into account."""
+    d = (q * q).sum(1)[:, None] + (x * x).sum(1)[None, :] - 2 * (q @ x.T)
+    all_d = np.concatenate([best_d, d], axis=1)
+    all_i = np.concatenate([best_i, np.broadcast_to(np.arange(first, first + len(x)), d.shape)],
+                           axis=1)  # fmt: skip
+    top = np.argsort(all_d, axis=1, kind="stable")[:, : best_d.shape[1]]
+    return np.take_along_axis(all_d, top, 1), np.take_along_axis(all_i, top, 1)
 
 
 def rss_mb(pid: int) -> float:

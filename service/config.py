@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core import store
+from core.constants import GALLERY_EXACT_MAX
 
 
 class Settings(BaseSettings):
@@ -29,7 +30,7 @@ class Settings(BaseSettings):
     )
     gallery: Path = Field(Path("gallery"), description="gallery folder (vectors, images, database)")
     gallery_exact_max: int = Field(
-        5_000,
+        GALLERY_EXACT_MAX,
         ge=0,
         description="up to this many gallery items the search is exact; above, a compressed "
         "index (PCA + IVF + 8-bit codes) with exact re-ranking",

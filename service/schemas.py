@@ -6,6 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.gallery import Neighbor
+
 
 class Error(BaseModel):
     """Every error answer (4xx, 503)."""
@@ -52,14 +54,8 @@ class PredictResponse(BaseModel):
     results: list[Result] = Field(description="one per uploaded image, in upload order")
 
 
-class Neighbor(BaseModel):
-    id: str
-    distance: float = Field(description="Euclidean distance between fc7 vectors")
-    label: str | None
-    metadata: dict
-
-
 class SimilarResponse(BaseModel):
+    # The gallery's own dataclass: pydantic serialises it and describes it in the schema.
     neighbors: list[Neighbor] = Field(description="nearest first")
 
 

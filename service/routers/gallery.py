@@ -17,7 +17,6 @@ from service.schemas import (
     GalleryItem,
     GalleryPage,
     ItemRef,
-    Neighbor,
     SimilarResponse,
     error_responses,
 )
@@ -26,12 +25,6 @@ from service.uploads import read_images
 router = APIRouter(tags=["gallery"])
 ItemId = Annotated[str, Path(description="the id returned by POST /gallery")]
 MAX_OFFSET = 2**63 - 1  # SQLite's largest integer
-
-
-def _neighbors(found) -> SimilarResponse:
-    return SimilarResponse(neighbors=[
-        Neighbor(id=n.id, distance=n.distance, label=n.label, metadata=n.metadata) for n in found
-    ])  # fmt: skip
 
 
 def _item(item) -> GalleryItem:
@@ -92,7 +85,7 @@ async def similar(
 ) -> SimilarResponse:
     uploads = await read_images([image], settings, state.metrics)
     _, fc7 = await engine.infer(uploads.pixels)
-    return _neighbors(await run_in_threadpool(gallery.search, fc7[0], k))
+    return SimilarResponse(neighbors=await run_in_threadpool(gallery.search, fc7[0], k))
 
 
 @router.post(
@@ -188,4 +181,4 @@ async def similar_to_item(
     found = await run_in_threadpool(gallery.search_by_id, item_id, k, exclude_self)
     if found is None:
         raise HTTPException(404, f"no gallery item {item_id!r}")
-    return _neighbors(found)
+    return SimilarResponse(neighbors=found)

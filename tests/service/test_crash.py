@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from service.gallery import IMAGES_DIR
+from core.constants import GALLERY_IMAGES_DIR
 from tests.service.conftest import API_KEY, serve
 from training.synth import CLASS_NAMES, draw_image
 
@@ -104,7 +104,7 @@ def check_gallery(url: str, gallery: Path, report: CrashReport, similar: bool) -
     """
     items, total, index_size = gallery_state(url)
     assert len(items) == total == index_size, (len(items), total, index_size)
-    assert len(list((gallery / IMAGES_DIR).iterdir())) == total, "orphan or missing files"
+    assert len(list((gallery / GALLERY_IMAGES_DIR).iterdir())) == total, "orphan or missing files"
     report.lost |= {i for i in report.acknowledged if i not in items}
     for item_id, data in report.acknowledged.items():
         r = httpx.get(f"{url}/gallery/{item_id}/image")

@@ -343,3 +343,85 @@ def test_concurrent_adds_and_searches(gallery: Gallery) -> None:
     assert len(gallery) == 40 and gallery.list(0, 100)[1] == 40 and len(set(added)) == 40
     for i in (0, 39):
         assert gallery.search(vectors[i], k=1)[0].distance == pytest.approx(0.0, abs=1e-3)
+
+
+def _fill(g: Gallery, vectors: np.ndarray, tag: int) -> list[str]:
+    """`add_vectors` with a label and metadata per row, sharing one image file."""
+    return g.add_vectors(
+        vectors, image_bytes=b"\xff\xd8 shared %d" % tag, image_ext=".JPG",
+        labels=[f"bulk{tag}"] * len(vectors),
+        metadata=[{"tag": tag, "j": j} for j in range(len(vectors))],
+    )  # fmt: skip
+
+
+def test_add_vectors_fills_rows_that_share_one_image_file(root: Path) -> None:
+    own, first_fill, second_fill = _vectors(1, seed=10), _vectors(40, seed=11), _vectors(25, 12)
+    query = _vectors(1, seed=13)[0]
+    with Gallery.open(root, **MODEL_A) as g:
+        [own_id] = g.add([_new(own[0])])
+        first, second = _fill(g, first_fill, 1), _fill(g, second_fill, 2)
+        ids, vectors = [own_id, *first, *second], np.concatenate([own, first_fill, second_fill])
+        assert len(set(ids)) == 66 and len(g) == 66
+        assert [item.id for item in g.list(0, 100)[0]] == ids
+
+        item = g.get(second[3], with_vector=True)
+        assert item is not None and item.vector is not None
+        assert (item.label, item.metadata) == ("bulk2", {"tag": 2, "j": 3})
+        np.testing.assert_array_equal(item.vector, second_fill[3])
+        assert item.image_file.read_bytes() == b"\xff\xd8 shared 2"
+        assert item.image_file.suffix == ".jpg" and len(item.image_sha256 or "") == 64
+        # One file per call, written once; it is what image_path and iter_images give.
+        shared = {g.image_path(i) for i in first}, {g.image_path(i) for i in second}
+        assert [len(paths) for paths in shared] == [1, 1] and shared[0] != shared[1]
+        assert len(_files(root)) == 3
+        assert {p for i, p in g.iter_images() if i in second} == shared[1]
+
+        # Real search over every row: exact Euclidean distances, in float64 here.
+        expected = np.linalg.norm(vectors.astype(np.float64) - query.astype(np.float64), axis=1)
+        order = np.argsort(expected)
+        neighbors = g.search(query, k=10)
+        assert [n.id for n in neighbors] == [ids[i] for i in order[:10]]
+        np.testing.assert_allclose([n.distance for n in neighbors], expected[order[:10]], rtol=1e-5)
+        hit = g.search_by_id(first[7], k=1)
+        assert hit is not None and hit[0].id == first[7] and hit[0].metadata == {"tag": 1, "j": 7}
+
+        # The shared file goes with the last of its rows, not before.
+        assert g.remove(second[0]) and g.image_path(second[1]) in shared[1]
+        for item_id in second[1:]:
+            assert g.remove(item_id)
+        assert len(_files(root)) == 2 and all(not p.exists() for p in shared[1])
+
+    kept = [i for i in range(66) if ids[i] not in set(second)]
+    with Gallery.open(root, **MODEL_A) as g:  # the rows survive a reopen, the file is kept
+        assert len(g) == 41 and len(_files(root)) == 2
+        neighbors = g.search(query, k=41)
+        want = sorted(kept, key=lambda i: expected[i])
+        assert [n.id for n in neighbors] == [ids[i] for i in want]
+        np.testing.assert_allclose([n.distance for n in neighbors], expected[want], rtol=1e-5)
+        assert g.image_path(first[0]) in shared[0]
+
+
+BAD_FILLS = {
+    "short vectors": {"vectors": np.zeros((2, DIM - 1), np.float32)},
+    "one vector, not a stack": {"vectors": np.zeros(DIM, np.float32)},
+    "NaN": {"vectors": np.full((2, DIM), np.nan, np.float32)},
+    "fewer labels": {"labels": ["a"]},
+    "label not a string": {"labels": ["a", 3]},
+    "more metadata": {"metadata": [{}, {}, {}]},
+    "object in metadata": {"metadata": [{}, {"x": object()}]},
+    "path in ext": {"image_ext": "/../x"},
+    "empty image": {"image_bytes": b""},
+}
+
+
+@pytest.mark.parametrize("bad", BAD_FILLS.values(), ids=BAD_FILLS.keys())
+def test_invalid_fill_writes_nothing(gallery: Gallery, root: Path, bad: dict) -> None:
+    gallery.add([_new(_vectors(1)[0])])
+    files_before = _files(root)
+    fill = {"image_bytes": b"x", "image_ext": ".jpg", "labels": ["a", "b"]} | bad
+    vectors = fill.pop("vectors", _vectors(2, seed=1))
+    with pytest.raises(ValueError):
+        gallery.add_vectors(vectors, **fill)
+    assert len(gallery) == 1 and gallery.list()[1] == 1 and _files(root) == files_before
+    empty = gallery.add_vectors(np.empty((0, DIM), np.float32), image_bytes=b"x", image_ext=".jpg")
+    assert empty == [] and _files(root) == files_before

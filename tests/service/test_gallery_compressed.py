@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.gallery import Gallery, NewItem
-from service.vector_index import CompressedIndex, ExactIndex
+from service.gallery.vector_index import CompressedIndex, ExactIndex
 
 DIM = 4096
 MODEL = {"model_sha256": "c" * 64, "model_id": "synth:1"}
@@ -107,6 +107,18 @@ def test_replace_vectors_keeps_compressed_index(tmp_path: Path) -> None:
         assert g.index_kind == "compressed"
         queries = new[:10] + 0.01
         _assert_same(_answers(g, queries), _exact_answers(new, list(range(300)), queries))
+
+
+def test_add_vectors_crosses_the_threshold(tmp_path: Path) -> None:
+    vectors, queries = fc7_like(500, seed=9), fc7_like(10, seed=10)
+    with Gallery.open(tmp_path / "g", exact_max=THRESHOLD, **MODEL) as g:
+        for start in (0, 150, 300):  # the second call crosses the threshold
+            part = vectors[start : start + 150 + 50 * (start == 300)]
+            g.add_vectors(part, image_bytes=b"jpeg", image_ext=".jpg",
+                          metadata=[{"i": start + j} for j in range(len(part))])  # fmt: skip
+            assert g.index_kind == ("exact" if start == 0 else "compressed")
+        assert len(g) == 500
+        _assert_same(_answers(g, queries), _exact_answers(vectors, list(range(500)), queries))
 
 
 CRASH_CHILD = """

@@ -1,0 +1,300 @@
+"""`Gallery`: the one object the service, the command line and the bench use.
+
+It wires the parts of the package together - the folder lock, the SQLite rows, the image
+files and the index - and holds the lock that makes it safe to share between threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.constants import FC7_DIM, GALLERY_EXACT_MAX, GALLERY_IMAGES_DIR
+from core.durable import fsync_path
+from service.gallery.batches import batch_of_items, batch_of_vectors, store
+from service.gallery.folder_lock import FolderLock
+from service.gallery.image_files import ImageFiles
+from service.gallery.index_policy import GalleryIndex
+from service.gallery.items import (
+    Item,
+    ModelBinding,
+    Neighbor,
+    NewItem,
+    check_model,
+    check_vectors,
+    is_valid_id,
+    item_from_row,
+)
+from service.gallery.search import nearest
+from service.gallery.sqlite_rows import SqliteRows
+
+log = logging.getLogger(__name__)
+
+
+class Gallery:
+    """Images with FC7 vectors in SQLite + files, searched with a FAISS index in memory.
+
+    Open with `Gallery.open`. Safe to share between threads: one lock serialises database
+    access and index updates, and searches take it too so they never see a half-applied
+    write (FAISS already spreads one search over the cores).
+    """
+
+    def __init__(
+        self, root: Path, folder_lock: FolderLock, rows: SqliteRows, files: ImageFiles,
+        exact_max: int,
+    ) -> None:  # fmt: skip
+        """Internal: use `Gallery.open`."""
+        self.root, self.images_dir, self.exact_max = root, files.folder, exact_max
+        self._folder_lock, self._rows, self._files = folder_lock, rows, files
+        self._index = GalleryIndex(rows, exact_max)
+        self._lock = threading.Lock()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    @classmethod
+    def open(
+        cls,
+        root: str | Path,
+        *,
+        model_sha256: str,
+        model_id: str,
+        dim: int = FC7_DIM,
+        exact_max: int = GALLERY_EXACT_MAX,
+    ) -> Gallery:
+        """Open (or create) the gallery in `root`, bound to the model that makes its vectors.
+
+        Args:
+            root: gallery folder, created if missing.
+            model_sha256: sha256 of the model serving the vectors (manifest `sha256`).
+            model_id: its "name:version", for messages.
+            dim: vector length (FC7: 4096).
+            exact_max: up to this many items the index is exact; above, compressed with
+                exact re-ranking (it needs at least 64 items to train).
+
+        Raises:
+            GalleryModelMismatchError: the gallery holds vectors of another model.
+            GalleryLockedError: the gallery is already open elsewhere.
+        """
+        check_model(model_sha256, model_id)
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        if exact_max < 0:
+            raise ValueError(f"exact_max must be >= 0, got {exact_max}")
+        root = Path(root)
+        files = ImageFiles(root / GALLERY_IMAGES_DIR)
+        folder_lock = FolderLock(root)
+        rows = None
+        try:
+            rows = SqliteRows.open(root, ModelBinding(model_id, model_sha256, dim))
+            for folder in (files.folder, root):  # make a new gallery's entries durable
+                fsync_path(folder)
+            gallery = cls(root, folder_lock, rows, files, exact_max)
+            files.sweep(gallery._index.load())  # remove image files without a row
+        except BaseException:
+            if rows is not None:
+                rows.close()
+            folder_lock.release()
+            raise
+        log.info(
+            "gallery %s: %d item(s), model %s, %s index",
+            root, len(gallery), gallery.model_id, gallery.index_kind,
+        )  # fmt: skip
+        return gallery
+
+    def close(self) -> None:
+        """Close the database and release the folder; further calls raise RuntimeError."""
+        with self._lock:
+            if self._rows.closed:
+                return
+            self._rows.close()
+            self._folder_lock.release()
+            self._index.clear()
+
+    def __enter__(self) -> Gallery:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------- properties
+
+    @property
+    def model_id(self) -> str:
+        """'name:version' of the model whose vectors the gallery holds."""
+        return self._rows.binding.model_id
+
+    @property
+    def model_sha256(self) -> str:
+        """sha256 of that model's ONNX file."""
+        return self._rows.binding.model_sha256
+
+    @property
+    def dim(self) -> int:
+        """Vector length."""
+        return self._rows.binding.dim
+
+    @property
+    def index_kind(self) -> str:
+        """ "exact" or "compressed"."""
+        return self._index.kind
+
+    def __len__(self) -> int:
+        return self._index.ntotal
+
+    # ----------------------------------------------------------------- writes
+
+    def add(self, items: list[NewItem]) -> list[str]:
+        """Store images with their vectors, all or none; durable once this returns.
+
+        Args:
+            items: the images, their extensions (".jpg"), vectors, labels and metadata.
+
+        Returns:
+            The new ids, in the order of `items`.
+
+        Raises:
+            ValueError: an item is invalid (nothing is written then).
+        """
+        batch = batch_of_items(items, self.dim)
+        store(batch, self._files, self._rows, self._index, self._lock)
+        return batch.ids
+
+    def add_vectors(
+        self,
+        vectors: np.ndarray,
+        *,
+        image_bytes: bytes,
+        image_ext: str,
+        labels: Sequence[str | None] | None = None,
+        metadata: Sequence[dict[str, Any]] | None = None,
+    ) -> list[str]:
+        """Store vectors made elsewhere (a benchmark's, an import's) that share one image
+        file, all or none, durable once this returns: the file written once (and removed
+        with the last of its rows), the rows in one transaction, the index updated once.
+        Fill a large gallery with one call per chunk of some thousand vectors.
+
+        Args:
+            vectors: (n, dim) float32.
+            image_bytes: the image all the rows refer to; image_ext: its extension (".jpg").
+            labels: one per vector (default: None each).
+            metadata: one dict per vector (default: {} each).
+
+        Returns:
+            The new ids, in the order of `vectors`.
+
+        Raises:
+            ValueError: an input is invalid (nothing is written then).
+        """
+        batch = batch_of_vectors(vectors, self.dim, image_bytes, image_ext, labels, metadata)
+        store(batch, self._files, self._rows, self._index, self._lock)
+        return batch.ids
+
+    def remove(self, id: str) -> bool:
+        """Delete an item (row, image file, index entry); False if there is no such id."""
+        if not is_valid_id(id):
+            return False
+        with self._lock:
+            deleted = self._rows.delete(id)
+            if deleted is None:
+                return False
+            rowid, unused_file = deleted
+            if unused_file is not None:
+                # After the commit: a crash in between leaves an orphan, removed at open.
+                self._files.remove(unused_file)
+            self._index.remove(np.array([rowid], dtype=np.int64))
+        return True
+
+    def replace_vectors(
+        self, vectors: dict[str, np.ndarray], *, model_sha256: str, model_id: str
+    ) -> None:
+        """Swap every vector for one made by another model (`alexnet reindex`).
+
+        Args:
+            vectors: id -> new (dim,) vector, for exactly the gallery's items.
+            model_sha256: sha256 of the model that made them.
+            model_id: its "name:version".
+
+        Raises:
+            ValueError: a vector is invalid, or the ids are not exactly the gallery's.
+        """
+        check_model(model_sha256, model_id)
+        checked = {k: check_vectors(v, self.dim, f"vector for {k!r}") for k, v in vectors.items()}
+        with self._lock:
+            rowids = self._rows.rowids_of_every(checked)
+            # Built before the commit, so running out of memory changes nothing.
+            index = self._index.prepare(list(checked.values()), rowids)
+            binding = ModelBinding(model_id, model_sha256, self.dim)
+            self._rows.replace_vectors(rowids, list(checked.values()), binding)
+            self._index.use(index)
+
+    # ----------------------------------------------------------------- reads
+
+    def get(self, id: str, with_vector: bool = False) -> Item | None:
+        """The item with this id (its vector too if `with_vector`), or None."""
+        if not is_valid_id(id):
+            return None
+        with self._lock:
+            found = self._rows.item(id, with_vector)
+        return None if found is None else item_from_row(*found, self.images_dir)
+
+    def image_path(self, id: str) -> Path | None:
+        """The stored image file of this id, or None (unknown id or missing file)."""
+        if not is_valid_id(id):
+            return None
+        with self._lock:
+            name = self._rows.image_file(id)
+        return None if name is None else self._files.existing(name)
+
+    def list(self, offset: int = 0, limit: int = 50) -> tuple[list[Item], int]:
+        """A page of items in insertion order, and the total number of items."""
+        if offset < 0 or limit < 0:
+            raise ValueError(f"offset and limit must be >= 0, got {offset} and {limit}")
+        with self._lock:
+            rows, total = self._rows.page(offset, limit)
+        return [item_from_row(row, None, self.images_dir) for row in rows], total
+
+    def iter_images(self) -> Iterator[tuple[str, Path]]:
+        """(id, image path) of every item in insertion order, read a chunk at a time (the
+        lock is held while a chunk is read, not in between)."""
+        for rows in self._rows.chunks("id, image_file", guard=self._lock):
+            for _, item_id, image_file in rows:
+                yield item_id, self._files.path(image_file)
+
+    def search(self, vector: np.ndarray, k: int = 10) -> list[Neighbor]:
+        """The `k` items nearest to `vector` by Euclidean distance, nearest first.
+
+        Args:
+            vector: (dim,) query vector.
+            k: how many neighbours (all items if the gallery has fewer).
+        """
+        query = check_vectors(vector, self.dim, "query")
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        with self._lock:
+            return nearest(self._index, self._rows, query, k)
+
+    def search_by_id(
+        self, id: str, k: int = 10, exclude_self: bool = False
+    ) -> list[Neighbor] | None:
+        """The `k` items nearest to an item's vector; None if there is no such id.
+
+        Args:
+            id: the item whose vector is the query.
+            k: how many neighbours.
+            exclude_self: leave the item itself out of the answer.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if not is_valid_id(id):
+            return None
+        with self._lock:
+            found = self._rows.vector_of(id)
+            if found is None:
+                return None
+            rowid, query = found
+            return nearest(self._index, self._rows, query, k, rowid if exclude_self else None)

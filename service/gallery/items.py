@@ -1,0 +1,148 @@
+"""What goes into and comes out of the gallery, the errors it raises, and the input checks.
+
+`Neighbor` is also the `/similar` answer of the HTTP API (`service.schemas.SimilarResponse`):
+pydantic serialises the dataclass and puts it into the OpenAPI schema, with the description
+of `distance` given here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import Field
+
+ID_RE = re.compile(r"[0-9a-f]{32}")
+EXT_RE = re.compile(r"\.[a-z0-9]{1,10}")
+
+
+class GalleryModelMismatchError(RuntimeError):
+    """The gallery's vectors were made by another model than the one being served."""
+
+
+class GalleryLockedError(RuntimeError):
+    """The gallery folder is already open (another process, or another `Gallery` object)."""
+
+
+@dataclass
+class NewItem:
+    """An image to add, with the FC7 vector the served model computed for it."""
+
+    image_bytes: bytes
+    image_ext: str  # e.g. ".jpg"; becomes part of the file name, so it is validated
+    vector: np.ndarray  # (dim,) float32
+    label: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Item:
+    """A stored item; `vector` is filled only when asked for."""
+
+    id: str
+    label: str | None
+    metadata: dict[str, Any]
+    created_at: str | None
+    image_file: Path
+    image_sha256: str | None
+    vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Neighbor:
+    """A search hit; `distance` is Euclidean (not squared)."""
+
+    id: str
+    distance: Annotated[float, Field(description="Euclidean distance between fc7 vectors")]
+    label: str | None
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ModelBinding:
+    """The model a gallery's vectors were made by."""
+
+    model_id: str
+    model_sha256: str
+    dim: int
+
+
+def is_valid_id(value: object) -> bool:
+    """True for a gallery id: 32 lowercase hex characters (`uuid4().hex`)."""
+    return isinstance(value, str) and ID_RE.fullmatch(value) is not None
+
+
+def item_from_row(row: tuple, vector: np.ndarray | None, folder: Path) -> Item:
+    """An `Item` from its row (id, label, metadata JSON, created_at, image file, sha256)."""
+    item_id, label, metadata, created_at, image_file, image_sha256 = row
+    return Item(
+        id=item_id, label=label, metadata=json.loads(metadata), created_at=created_at,
+        image_file=folder / image_file, image_sha256=image_sha256, vector=vector,
+    )  # fmt: skip
+
+
+def check_vectors(value: object, dim: int, what: str, *, rows: bool = False) -> np.ndarray:
+    """`value` as a contiguous float32 array, or ValueError naming `what`.
+
+    Args:
+        value: one vector, or with `rows` a stack of them.
+        dim: vector length.
+        what: names the input in the message ("item 3", "query").
+        rows: expect (n, dim) instead of (dim,).
+    """
+    try:
+        with np.errstate(over="ignore"):  # overflow to inf is reported below
+            array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: vector is not numeric ({e})") from None
+    if array.ndim != 1 + rows or array.shape[-1] != dim:
+        expected = f"(n, {dim})" if rows else f"({dim},)"
+        raise ValueError(f"{what}: vector has shape {array.shape}, expected {expected}")
+    # Checked after the cast: float64 values beyond float32's range become inf.
+    if not np.isfinite(array).all():
+        raise ValueError(f"{what}: vector has NaN or infinite values")
+    return np.ascontiguousarray(array)
+
+
+def check_model(model_sha256: str, model_id: str) -> None:
+    """ValueError unless both are non-empty strings."""
+    if not isinstance(model_sha256, str) or not model_sha256:
+        raise ValueError("model_sha256 must be a non-empty string")
+    if not isinstance(model_id, str) or not model_id:
+        raise ValueError("model_id must be a non-empty string")
+
+
+def check_image(image_bytes: object, image_ext: object, what: str) -> tuple[bytes, str]:
+    """(the bytes, the lower-case extension) of an image to store, or ValueError."""
+    if not isinstance(image_bytes, (bytes, bytearray, memoryview)):
+        raise ValueError(f"{what}: image_bytes must be bytes")
+    data = bytes(image_bytes)
+    if not data:
+        raise ValueError(f"{what}: image_bytes is empty")
+    ext = image_ext.lower() if isinstance(image_ext, str) else ""
+    if not EXT_RE.fullmatch(ext):
+        raise ValueError(
+            f"{what}: invalid image_ext {image_ext!r}, expected like '.jpg' "
+            "(a dot and 1-10 letters or digits)"
+        )
+    return data, ext
+
+
+def check_label(label: object, what: str) -> str | None:
+    if label is not None and not isinstance(label, str):
+        raise ValueError(f"{what}: label must be a string or None")
+    return label
+
+
+def metadata_json(metadata: object, what: str) -> str:
+    """The metadata dict as the JSON text stored in its row, or ValueError."""
+    if not isinstance(metadata, dict):
+        raise ValueError(f"{what}: metadata must be a dict (a JSON object)")
+    try:
+        return json.dumps(metadata, allow_nan=False, ensure_ascii=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{what}: metadata is not JSON-serialisable ({e})") from None
