@@ -14,9 +14,8 @@ at open or when an add crosses the size; a delete takes effect in either.
 An image file is written and fsynced before its row is committed, so an item that `add`
 returned survives a crash; a file without a row is removed at the next open. The rows of one
 `add_vectors` call (vectors made elsewhere: the bench) share one file, removed with the last
-of them. Vectors of
-different models never mix: a gallery is bound to the sha256 of the model that made its
-vectors (`GalleryModelMismatchError`, `replace_vectors`).
+of them. Vectors of different models never mix: a gallery is bound to the sha256 of the
+model that made its vectors (`GalleryModelMismatchError`, `replace_vectors`).
 
 One module per job, `Gallery` (facade.py) wiring them:
 
