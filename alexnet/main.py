@@ -20,7 +20,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "serve the store's model, first building the built-in default if the store is empty",
     ),
     "synth": ("alexnet.synth", "write a procedurally drawn, labelled image set"),
-    "train": ("alexnet.train", "train AlexNet on a class-per-folder image set"),
+    "prepare": (
+        "alexnet.prepare",
+        "write a set's images once as 256x256 shards that training reads fast",
+    ),
+    "train": ("alexnet.train", "train AlexNet on a class-per-folder or prepared image set"),
     "evaluate": ("alexnet.evaluate", "top-1/top-5 error with one centre crop and with ten crops"),
     "export": ("alexnet.export", "export a checkpoint to the model store as verified ONNX"),
     "import-torchvision": (

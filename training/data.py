@@ -181,6 +181,19 @@ def pixel_statistics(
         count += x.shape[0]
     if count == 0:
         raise ValueError(f"no readable image in {dataset.root}")
+    return statistics_from_sums(total, moment, count)
+
+
+def statistics_from_sums(
+    total: torch.Tensor, moment: torch.Tensor, count: int
+) -> dict[str, torch.Tensor]:
+    """The mean image and RGB PCA from the sums of one pass (also `alexnet prepare`'s).
+
+    Args:
+        total: (3, 256, 256) float64, the sum of the images.
+        moment: (3, 3) float64, the sum of x x^T over every pixel x (RGB).
+        count: the number of images.
+    """
     mean = total / count
     channel_mean = mean.mean(dim=(1, 2))
     cov = moment / (count * C.IMAGE_SIZE**2) - torch.outer(channel_mean, channel_mean)
