@@ -22,11 +22,12 @@ from pathlib import Path
 import numpy as np
 
 from alexnet.local_server import free_port, serve
-from bench import models, photos, report, similarity, throughput
+from bench import loader, models, photos, report, similarity, throughput
 from core.imaging import find_images, load_256
 
 log = logging.getLogger("bench")
-PARTS = ("decode", "engine", "naive", "service", "similar")
+PARTS = ("decode", "engine", "naive", "service", "similar", "loader")
+MODEL_PARTS = {"engine", "naive", "service", "similar"}  # the parts that need the bench model
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -95,9 +96,15 @@ def main(args: argparse.Namespace) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     results: dict = {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()},
                      "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}  # fmt: skip
-    store = models.build(args.work)
+    if "loader" in args.only:
+        log.info("loader")
+        results["loader"] = loader.run(args.work / "loader", threads=args.threads)
+    if not MODEL_PARTS & set(args.only) and "decode" not in args.only:
+        return finish(args, results)
+    store = models.build(args.work) if MODEL_PARTS & set(args.only) else None
     model = f"{models.NAME}:1"
-    results["int8_agreement"] = models.int8_agreement(store)
+    if store is not None:
+        results["int8_agreement"] = models.int8_agreement(store)
     jpegs = {size: photos.photo_jpegs(size, count=8 if size == "500x375" else 3)
              for size in photos.SIZES}  # fmt: skip
     results["jpeg_bytes"] = {s: int(np.mean([len(j) for j in js])) for s, js in jpegs.items()}
@@ -125,6 +132,11 @@ def main(args: argparse.Namespace) -> dict:
             )
     if "similar" in args.only:
         results["similar"] = similar(args, store, model)
+    return finish(args, results)
+
+
+def finish(args: argparse.Namespace, results: dict) -> dict:
+    """Write bench.json and bench.png and print the table."""
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     results["machine"]["load_avg_at_end"] = os.getloadavg()
     results["summary"] = report.summary(results)

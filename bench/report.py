@@ -104,6 +104,10 @@ def table(res: dict) -> str:
                 f" | {_f(r['post_similar_p50_ms'])} |"
             )
         lines.append("")
+    if res.get("loader"):
+        from bench.loader import table as loader_table
+
+        lines += loader_table(res["loader"])
     if res.get("int8_agreement"):
         a = res["int8_agreement"]
         lines.append(f"int8 vs fp32 on held-out images: top-1 agreement "
