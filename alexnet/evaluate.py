@@ -1,7 +1,8 @@
-"""`alexnet evaluate CKPT`: top-1 / top-5 error with one centre crop and with the ten crops.
+"""`alexnet evaluate CKPT [CKPT ...]`: top-1 / top-5 error with the centre crop and ten crops.
 
 alexnet evaluate runs/alexnet/best.pt --data data/synth            # val split
 alexnet evaluate best.pt --data /datasets/imagenet --split val --batch-size 256
+alexnet evaluate runs/a/best.pt runs/b/best.pt --data data/synth   # an ensemble
 """
 
 from __future__ import annotations
@@ -16,9 +17,12 @@ from training.evaluate import error_table, evaluate_checkpoint
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="alexnet evaluate",
-        description="Top-1/top-5 error of a checkpoint with the centre crop and with ten crops.",
+        description="Top-1/top-5 error of a checkpoint with the centre crop and with ten crops. "
+        "Several checkpoints (same labels, same order) are evaluated as an ensemble: the "
+        "average of their softmax outputs.",
     )
-    p.add_argument("checkpoint", type=Path, help="checkpoint written by `alexnet train`")
+    p.add_argument("checkpoints", type=Path, nargs="+", metavar="checkpoint",
+                   help="checkpoint written by `alexnet train`; several: an ensemble")  # fmt: skip
     p.add_argument(
         "--data", type=Path, required=True, help="dataset root holding <split>/<class>/*"
     )
@@ -33,7 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(args: argparse.Namespace) -> dict[str, dict[str, float]]:
     results = evaluate_checkpoint(
-        args.checkpoint, args.data, split=args.split, batch_size=args.batch_size,
+        args.checkpoints, args.data, split=args.split, batch_size=args.batch_size,
         workers=args.workers, device=args.device, progress=not args.no_progress,
     )  # fmt: skip
     print(error_table(results))

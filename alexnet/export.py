@@ -1,6 +1,7 @@
-"""`alexnet export CKPT --name N`: a checkpoint -> a verified ONNX model in the store.
+"""`alexnet export CKPT [CKPT ...] --name N`: checkpoint(s) -> a verified ONNX model in the store.
 
 alexnet export runs/synth-bn/best.pt --name synth --data data/synth
+alexnet export runs/a/best.pt runs/b/best.pt --name synth-2cnn --data data/synth  # ensemble
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ def get_args_parser() -> argparse.ArgumentParser:
         prog="alexnet export",
         description="Export a checkpoint to model_store/NAME/VERSION/ (ONNX with the ten crops, "
         "softmax average and fc7 inside the graph, plus manifest.json), after verifying it "
-        "against PyTorch.",
+        "against PyTorch. Several checkpoints (same labels, same order) make one ensemble "
+        "graph: probs is the mean of the members' ten-crop softmax, fc7 the first member's.",
     )
-    p.add_argument("checkpoint", type=Path, help="checkpoint written by `alexnet train`")
+    p.add_argument("checkpoints", type=Path, nargs="+", metavar="checkpoint",
+                   help="checkpoint written by `alexnet train`; several: an ensemble")  # fmt: skip
     add_publish_arguments(p)
     p.add_argument("--data", type=Path, default=None,
                    help="dataset root: evaluate DATA/val with one and ten crops and record the "
-                   "figures (default: the checkpoint's last validation figures)")  # fmt: skip
+                   "figures (default: the checkpoint's last validation figures; none for an "
+                   "ensemble)")  # fmt: skip
     p.add_argument(
         "--workers", type=int, default=2, help="loader processes for --data (default: 2)"
     )
@@ -31,7 +35,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> Path:
-    folder = export_run(args.checkpoint, store_dir=args.store, name=args.name,
+    folder = export_run(args.checkpoints, store_dir=args.store, name=args.name,
                         version=args.version, data=args.data, workers=args.workers)  # fmt: skip
     print(f"exported {args.name}:{folder.name} to {folder}")
     return folder

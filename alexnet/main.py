@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "train": ("alexnet.train", "train AlexNet on a class-per-folder or prepared image set"),
     "evaluate": ("alexnet.evaluate", "top-1/top-5 error with one centre crop and with ten crops"),
-    "export": ("alexnet.export", "export a checkpoint to the model store as verified ONNX"),
+    "export": ("alexnet.export", "export a checkpoint (or an ensemble) to the store as ONNX"),
     "import-torchvision": (
         "alexnet.import_torchvision",
         "make a store model from torchvision's ImageNet AlexNet weights",

@@ -61,13 +61,16 @@ class Manifest(BaseModel):
     outputs: list[TensorSpec]
     sha256: str  # of model.onnx
     files: dict[str, ModelFile]  # precision -> file
-    source: dict  # checkpoint path, sha256, epoch
+    source: dict  # checkpoint path, sha256, epoch; an ensemble: {"ensemble": n, "checkpoints"}
     created_at: str
     metrics: dict = Field(default_factory=dict)  # single_crop / ten_crop top-1 / top-5 error
     normalization: dict = Field(default_factory=dict)
     verification: dict = Field(default_factory=dict)
     # pictures of the model for people: "filters" (conv1 kernels), "curves" (training run)
     pictures: dict[str, ModelFile] = Field(default_factory=dict)
+    # an ensemble's checkpoints, in order: checkpoint, sha256, epoch, arch, crop_size (its
+    # probs average theirs; fc7, crop_size and normalization are the first's); [] for one
+    members: list[dict] = Field(default_factory=list)
 
     @property
     def id(self) -> str:

@@ -2,14 +2,18 @@
 
     alexnet evaluate runs/alexnet/best.pt --data data/synth            # val split
     alexnet evaluate best.pt --data /datasets/imagenet --split val --batch-size 256
+    alexnet evaluate runs/a/best.pt runs/b/best.pt --data data/synth   # an ensemble
 
 Ten crops: the four corner patches and the centre patch of the 256x256 image and their
-horizontal reflections; the prediction is the average of the ten softmax outputs.
+horizontal reflections; the prediction is the average of the ten softmax outputs. Several
+checkpoints are evaluated as an ensemble: their softmax outputs are averaged (see
+`training.ensemble`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -18,33 +22,19 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from training import distributed as dist
-from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.data import ImageFolder256, make_loader
-from training.presets import CenterCrop, Normalize, TenCrop, normalize_from
+from training.ensemble import (
+    Ensemble,
+    centre_crop_probs,
+    checkpoint_paths,
+    load_members,
+    ten_crop_probs,
+)
+from training.presets import Normalize
 
 log = logging.getLogger(__name__)
 
 
-def ten_crop_probs(model: nn.Module, images: torch.Tensor, normalize: Normalize, crop_size: int):
-    """Average softmax and fc7 over the ten crops.
-
-    Args:
-        model: an AlexNet in eval mode.
-        images: uint8 (N, 3, 256, 256).
-        normalize: the checkpoint's normalization.
-        crop_size: the variant's crop size.
-
-    Returns:
-        (probs (N, classes), fc7 (N, 4096)), both averaged over the ten crops.
-    """
-    crops = TenCrop(crop_size)(normalize(images))  # (N, 10, 3, c, c)
-    n = crops.shape[0]
-    logits, fc7 = model(crops.flatten(0, 1), return_fc7=True)  # (N*10, K), (N*10, 4096)
-    probs = F.softmax(logits.float(), dim=1).view(n, 10, -1).mean(1)
-    return probs, fc7.float().view(n, 10, -1).mean(1)
-
-
-@torch.no_grad()
 def evaluate(
     model: nn.Module,
     loader,
@@ -62,7 +52,34 @@ def evaluate(
     The loss is the cross-entropy of the (ten-crop averaged) softmax.
     """
     model.eval()
-    centre = CenterCrop(crop_size)
+
+    def predict(images: torch.Tensor) -> torch.Tensor:
+        if ten_crop:
+            return ten_crop_probs(model, images, normalize, crop_size)[0]
+        return centre_crop_probs(model, images, normalize, crop_size)
+
+    return score(predict, loader, device=device, amp=amp, progress=progress, desc=desc)
+
+
+@torch.no_grad()
+def score(
+    predict: Callable[[torch.Tensor], torch.Tensor],
+    loader,
+    *,
+    device: torch.device,
+    amp: bool = False,
+    progress: bool = True,
+    desc: str = "eval",
+) -> dict[str, float]:
+    """Loss, top-1 and top-5 error of the probabilities `predict` gives for `loader`'s images.
+
+    Args:
+        predict: uint8 (N, 3, 256, 256) on `device` -> probabilities (N, classes).
+        loader: yields (images, labels, skipped files).
+        device: where the images go.
+        amp: run `predict` under bfloat16 autocast.
+        progress, desc: the progress bar (main process only).
+    """
     sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # loss, top-1 wrong, top-5 wrong, images, skipped
     bar = tqdm(loader, desc=desc, disable=not (progress and dist.is_main_process()), leave=False)
     for images, labels, skipped in bar:
@@ -71,10 +88,7 @@ def evaluate(
             continue
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            if ten_crop:
-                probs, _ = ten_crop_probs(model, images, normalize, crop_size)
-            else:
-                probs = F.softmax(model(centre(normalize(images))).float(), dim=1)
+            probs = predict(images)
         k = min(5, probs.shape[1])
         top = probs.topk(k, dim=1).indices  # (N, k)
         hit = top == labels[:, None]
@@ -105,7 +119,7 @@ def resolve_device(name: str) -> torch.device:
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path,
+    checkpoints: str | Path | Sequence[str | Path],
     data: str | Path,
     *,
     split: str = "val",
@@ -116,20 +130,28 @@ def evaluate_checkpoint(
 ) -> dict[str, dict[str, float]]:
     """Top-1/top-5 error of a checkpoint on `data/split`, with the centre crop and ten crops.
 
+    Args:
+        checkpoints: one checkpoint, or several evaluated as an ensemble (the average of
+            their softmax outputs; they must have the same labels in the same order).
+        data, split: the images are `data/split/<class>/*`.
+        batch_size, workers: the loader.
+        device: auto, cpu, cuda or cuda:N.
+        progress: show progress bars.
+
     Returns:
         {"single_crop": {...}, "ten_crop": {...}}, each with loss, top1_err, top5_err,
         images and skipped.
     """
     target = resolve_device(device)
-    ckpt = load_checkpoint(checkpoint)
-    model = model_from_checkpoint(ckpt).to(target)
-    normalize = normalize_from(ckpt["normalization"]).to(target)
-    dataset = ImageFolder256(Path(data) / split, classes=list(ckpt["labels"]))
+    ckpts = load_members(checkpoint_paths(checkpoints))
+    ensemble = Ensemble.from_checkpoints(ckpts).to(target)
+    dataset = ImageFolder256(Path(data) / split, classes=list(ckpts[0]["labels"]))
     loader = make_loader(dataset, batch_size=batch_size, workers=workers, shuffle=False)
+    protocols = {"single_crop": ensemble.centre_probs, "ten_crop": lambda x: ensemble(x)[0]}
     return {
-        name: evaluate(model, loader, normalize, ckpt["crop_size"], device=target, ten_crop=ten,
-                       amp=target.type == "cuda", progress=progress, desc=name)
-        for name, ten in (("single_crop", False), ("ten_crop", True))
+        name: score(predict, loader, device=target, amp=target.type == "cuda",
+                    progress=progress, desc=name)
+        for name, predict in protocols.items()
     }  # fmt: skip
 
 

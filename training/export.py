@@ -1,6 +1,7 @@
 """A checkpoint -> `model_store/<name>/<version>/model.onnx` + manifest (`alexnet export`).
 
     alexnet export runs/synth-bn/best.pt --name synth --data data/synth
+    alexnet export runs/a/best.pt runs/b/best.pt --name synth-2cnn    # an ensemble
 
 The graph holds the whole test-time procedure of the paper, so a client only has to
 send the 256x256 image (see ../shared/CONTRACT.md, "Exported model"):
@@ -9,14 +10,23 @@ send the 256x256 image (see ../shared/CONTRACT.md, "Exported model"):
         -> AlexNet (eval: no dropout) -> softmax -> mean over the crops -> probs [N, K]
                                       -> fc7 (after ReLU) -> mean over the crops -> fc7 [N, 4096]
 
+Several checkpoints make one graph of the same contract (the paper's "5 CNNs" rows):
+`probs` is the mean over the members of each member's ten-crop softmax (each with its own
+normalization and crop size), `fc7` is the first member's. The manifest lists the members;
+its `arch` joins theirs ("bn+paper"), and its crop_size, normalization and pictures are the
+first member's.
+
 Before anything is written, onnxruntime runs the file on several inputs and its outputs
 must equal an eager PyTorch reference built on torchvision's `five_crop` + `hflip`
-within `PROBS_ATOL` and `FC7_RTOL`/`FC7_ATOL`; a model that disagrees is not written.
+(member by member, averaged) within `PROBS_ATOL` and `FC7_RTOL`/`FC7_ATOL`; a model that
+disagrees is not written.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +37,15 @@ from torchvision.transforms.v2 import functional as TF
 
 from core import constants as C
 from core import store
-from training.checkpoint import load_checkpoint, model_from_checkpoint
-from training.evaluate import error_table, evaluate_checkpoint, ten_crop_probs
-from training.presets import Normalize, normalize_from
+from training.ensemble import (
+    Ensemble,
+    check_labels,
+    checkpoint_paths,
+    load_members,
+    ten_crop_probs,
+)
+from training.evaluate import error_table, evaluate_checkpoint
+from training.presets import Normalize
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +75,17 @@ class TenCropGraph(nn.Module):
         )
 
 
+class EnsembleGraph(nn.Module):
+    """Several networks as one exported computation: probs averaged over them, fc7 the first's."""
+
+    def __init__(self, ensemble: Ensemble) -> None:
+        super().__init__()
+        self.ensemble = ensemble.eval()
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.ensemble(images.permute(0, 3, 1, 2))
+
+
 @torch.no_grad()
 def reference_ten_crop(
     model: nn.Module, image: np.ndarray, normalize: Normalize, crop_size: int
@@ -78,6 +105,12 @@ def reference_ten_crop(
     return F.softmax(logits, 1).mean(0).numpy(), fc7.mean(0).numpy()
 
 
+def reference_ensemble(ensemble: Ensemble, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`reference_ten_crop` member by member: probs averaged, fc7 the first member's."""
+    refs = [reference_ten_crop(m, image, norm, crop) for m, norm, crop in ensemble.members()]
+    return np.mean([probs for probs, _ in refs], axis=0), refs[0][1]
+
+
 def verification_inputs(count: int = 6, seed: int = 0) -> np.ndarray:
     """uint8 (count, 256, 256, 3): noise, flat black/white and gradients, reproducibly."""
     size, rng = C.IMAGE_SIZE, np.random.default_rng(seed)
@@ -90,7 +123,7 @@ def verification_inputs(count: int = 6, seed: int = 0) -> np.ndarray:
     return np.stack(images[:count])
 
 
-def to_onnx(graph: TenCropGraph, path: Path) -> None:
+def to_onnx(graph: nn.Module, path: Path) -> None:
     """Export with a dynamic batch dimension (torch.export based exporter)."""
     example = torch.zeros(2, C.IMAGE_SIZE, C.IMAGE_SIZE, 3, dtype=torch.uint8)
     torch.onnx.export(
@@ -108,12 +141,17 @@ def to_onnx(graph: TenCropGraph, path: Path) -> None:
 
 
 def verify_onnx(
-    path: Path, model: nn.Module, normalize: Normalize, crop_size: int, images: np.ndarray
+    path: Path, reference: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], images: np.ndarray
 ) -> dict:
-    """Run the ONNX file with onnxruntime (CPU) and compare it with `reference_ten_crop`.
+    """Run the ONNX file with onnxruntime (CPU) and compare it with `reference`.
 
     The images go through once as one batch and once one by one, so the dynamic batch
     dimension is checked too.
+
+    Args:
+        path: the ONNX file.
+        reference: one uint8 (256, 256, 3) image -> the expected (probs, fc7).
+        images: uint8 (N, 256, 256, 3).
 
     Raises:
         ExportMismatchError: an output differs beyond the tolerances.
@@ -124,7 +162,7 @@ def verify_onnx(
     batch_probs, batch_fc7 = session.run(None, {C.INPUT_NAME: images})
     worst = {"probs": 0.0, "fc7": 0.0}
     for i, image in enumerate(images):
-        ref_probs, ref_fc7 = reference_ten_crop(model, image, normalize, crop_size)
+        ref_probs, ref_fc7 = reference(image)
         one_probs, one_fc7 = session.run(None, {C.INPUT_NAME: image[None]})
         for probs, fc7 in ((batch_probs[i], batch_fc7[i]), (one_probs[0], one_fc7[0])):
             worst["probs"] = max(worst["probs"], float(np.abs(probs - ref_probs).max()))
@@ -146,7 +184,7 @@ def verify_onnx(
 
 
 def export_checkpoint(
-    ckpt: dict,
+    ckpt: dict | Sequence[dict],
     *,
     store_dir: Path,
     name: str,
@@ -154,38 +192,55 @@ def export_checkpoint(
     source: dict | None = None,
     metrics: dict | None = None,
     metrics_file: Path | None = None,
+    members: list[dict] | None = None,
 ) -> Path:
     """Export, verify and publish a checkpoint as a new store version; returns its folder.
 
-    The version also gets `filters.png` (conv1's kernels) and, given the run's
-    `metrics_file`, `curves.png`, listed in the manifest's `pictures`.
+    Several checkpoints (same labels, same order) make one ensemble graph: probs averaged
+    over the members, fc7 the first member's. The version also gets `filters.png` (conv1's
+    kernels, of the first member) and, given the run's `metrics_file`, `curves.png`, listed
+    in the manifest's `pictures`.
+
+    Args:
+        ckpt: a loaded checkpoint, or several for an ensemble.
+        store_dir, name, version: where the new version goes (version None: the next one).
+        source, metrics: the manifest's `source` and `metrics`.
+        metrics_file: a run's metrics.jsonl, drawn as curves.png.
+        members: the manifest's `members` (an ensemble's checkpoints), also named in errors.
+
+    Raises:
+        ValueError: members whose labels differ, or an invalid name.
+        ExportMismatchError: onnxruntime disagrees with eager PyTorch; nothing is written.
     """
-    model = model_from_checkpoint(ckpt)
-    normalize = normalize_from(ckpt["normalization"])
-    graph = TenCropGraph(model, normalize, ckpt["crop_size"]).eval()
-    inputs, outputs = store.contract_io(ckpt["num_classes"])
+    ckpts = [ckpt] if isinstance(ckpt, dict) else list(ckpt)
+    check_labels(ckpts, [m["checkpoint"] for m in members or []]
+                 or [f"checkpoint {i + 1}" for i in range(len(ckpts))])  # fmt: skip
+    first = ckpts[0]
+    ensemble = Ensemble.from_checkpoints(ckpts)
+    # one checkpoint: the same graph as before ensembles existed
+    graph = TenCropGraph(*ensemble.members()[0]) if len(ckpts) == 1 else EnsembleGraph(ensemble)
+    arch = "+".join(c["arch"] for c in ckpts)
+    inputs, outputs = store.contract_io(first["num_classes"])
 
     def fill(folder: Path, v: int) -> store.Manifest:
         onnx_path = folder / C.MODEL_FILES["fp32"]
-        log.info(
-            "exporting %s:%d (%s, %d classes) to ONNX", name, v, ckpt["arch"], ckpt["num_classes"]
-        )
+        log.info("exporting %s:%d (%s, %d classes) to ONNX", name, v, arch, first["num_classes"])
         to_onnx(graph, onnx_path)
         log.info("verifying the ONNX model against eager PyTorch")
         verification = verify_onnx(
-            onnx_path, model, normalize, ckpt["crop_size"], verification_inputs()
+            onnx_path, partial(reference_ensemble, ensemble), verification_inputs()
         )
         digest = store.sha256_file(onnx_path)
-        pictures = write_pictures(folder, ckpt, metrics_file)
+        pictures = write_pictures(folder, first, metrics_file)
         return store.Manifest(
-            name=name, version=v, arch=ckpt["arch"], num_classes=ckpt["num_classes"],
-            labels=list(ckpt["labels"]), crop_size=ckpt["crop_size"], inputs=inputs,
+            name=name, version=v, arch=arch, num_classes=first["num_classes"],
+            labels=list(first["labels"]), crop_size=first["crop_size"], inputs=inputs,
             outputs=outputs, sha256=digest,
             files={"fp32": store.ModelFile(
                 file=onnx_path.name, sha256=digest, bytes=onnx_path.stat().st_size)},
             source=source or {}, created_at=store.now_iso(), metrics=metrics or {},
-            normalization=_describe(ckpt["normalization"]), verification=verification,
-            pictures=pictures,
+            normalization=_describe(first["normalization"]), verification=verification,
+            pictures=pictures, members=members or [],
         )  # fmt: skip
 
     folder = store.publish_version(store_dir, name, version, fill)
@@ -234,8 +289,14 @@ def checkpoint_metrics(ckpt: dict) -> dict:
     }
 
 
+def checkpoint_source(path: Path, ckpt: dict) -> dict:
+    """The manifest's `source` of one checkpoint file: path, sha256 and epoch."""
+    return {"checkpoint": str(path.resolve()), "sha256": store.sha256_file(path),
+            "epoch": ckpt.get("epoch")}  # fmt: skip
+
+
 def export_run(
-    checkpoint: Path,
+    checkpoints: Path | Sequence[Path],
     *,
     store_dir: Path,
     name: str,
@@ -244,34 +305,41 @@ def export_run(
     workers: int = 2,
     progress: bool = True,
 ) -> Path:
-    """`export_checkpoint` of a checkpoint file written by `alexnet train`.
+    """`export_checkpoint` of checkpoint files written by `alexnet train`.
+
+    Several checkpoints are exported as one ensemble: the manifest's `members` lists them
+    (path, sha256, epoch, arch, crop_size) and its `source` is {"ensemble": n,
+    "checkpoints": [...]}; one checkpoint gives the same model and manifest as always.
 
     Args:
-        checkpoint: the checkpoint file; the run's metrics.jsonl beside it gives curves.png.
+        checkpoints: a checkpoint file, or several (same labels, same order) for an ensemble;
+            the first one's run metrics.jsonl beside it gives curves.png.
         store_dir, name, version: where the new version goes (version None: the next one).
         data: a dataset root: DATA/val is evaluated with one and ten crops for the manifest's
-            figures (None: the checkpoint's last validation figures).
+            figures (None: the checkpoint's last validation figures; none for an ensemble).
         workers: loader processes for `data`.
         progress: show progress bars.
 
     Returns:
         the new version's folder.
     """
-    checkpoint = Path(checkpoint)
-    ckpt = load_checkpoint(checkpoint)
-    metrics = checkpoint_metrics(ckpt)
+    paths = checkpoint_paths(checkpoints)
+    ckpts = load_members(paths)
+    metrics = checkpoint_metrics(ckpts[0]) if len(ckpts) == 1 else {}
     if data is not None:
-        results = evaluate_checkpoint(checkpoint, data, split="val", batch_size=32,
+        results = evaluate_checkpoint(paths, data, split="val", batch_size=32,
                                       workers=workers, progress=progress)  # fmt: skip
         log.info("figures on %s:\n%s", Path(data) / "val", error_table(results))
         metrics = {**results, "source": f"alexnet evaluate on {Path(data) / 'val'}"}
-    source = {
-        "checkpoint": str(checkpoint.resolve()),
-        "sha256": store.sha256_file(checkpoint),
-        "epoch": ckpt.get("epoch"),
-    }
-    run_metrics = checkpoint.parent / C.METRICS_FILE  # the run's, for curves.png
+    sources = [checkpoint_source(p, c) for p, c in zip(paths, ckpts, strict=True)]
+    members = [] if len(ckpts) == 1 else [
+        {**s, "arch": c["arch"], "crop_size": c["crop_size"]}
+        for s, c in zip(sources, ckpts, strict=True)
+    ]  # fmt: skip
+    source = sources[0] if len(ckpts) == 1 else {
+        "ensemble": len(ckpts), "checkpoints": [s["checkpoint"] for s in sources]}  # fmt: skip
+    run_metrics = paths[0].parent / C.METRICS_FILE  # the run's, for curves.png
     return export_checkpoint(
-        ckpt, store_dir=store_dir, name=name, version=version, source=source, metrics=metrics,
-        metrics_file=run_metrics if run_metrics.is_file() else None,
+        ckpts, store_dir=store_dir, name=name, version=version, source=source, metrics=metrics,
+        metrics_file=run_metrics if run_metrics.is_file() else None, members=members,
     )  # fmt: skip
