@@ -5,7 +5,8 @@ sha256, in its manifest; the same input (uint8 images) and outputs (float32 prob
 
 - int8: onnxruntime static quantization, QDQ format, per-channel int8 weights and uint8
   activations (the fast U8S8 kernels on x86), calibrated with min/max ranges on images
-  from DIR. fc8, the last layer, stays in float: it is small, and it decides the ranking.
+  from DIR. fc8, the last layer (of each member of an ensemble), stays in float: it is
+  small, and it decides the ranking.
   Before it is added, its top-1 agreement and top-5 overlap with fp32 are measured on
   held-out images of DIR (not used for calibration) and recorded in the manifest; below
   `--min-agreement` (default 0.99) it is refused.
@@ -89,16 +90,24 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
     }
 
 
+def classifier_gemms(model: onnx.ModelProto) -> list[str]:
+    """The fc8 nodes: the last of each member's three fully connected layers (fc6, fc7, fc8;
+    an ensemble's members follow one another in the graph)."""
+    gemms = [n.name for n in model.graph.node if n.op_type == "Gemm"]
+    if len(gemms) % 3:
+        raise ValueError(f"expected three fully connected layers per network, found {len(gemms)}")
+    return gemms[2::3]
+
+
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
     model = onnx.load(str(fp32))
-    gemms = [n.name for n in model.graph.node if n.op_type == "Gemm"]
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared), str(out), _Batches(calibration), quant_format=QuantFormat.QDQ,
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            op_types_to_quantize=["Conv", "Gemm", "MatMul"], nodes_to_exclude=gemms[-1:],
+            op_types_to_quantize=["Conv", "Gemm", "MatMul"], nodes_to_exclude=classifier_gemms(model),
         )  # fmt: skip
 
 

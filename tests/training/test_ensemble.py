@@ -159,3 +159,21 @@ def test_members_with_other_labels_are_refused(
     rc = cli(["export", str(members[0]), str(swapped), "--name", "bad", "--store", str(store_dir)])
     assert rc == 1
     assert not store_dir.exists() or not list(store_dir.rglob("*"))  # nothing written
+
+
+def test_int8_keeps_every_members_fc8_in_float(ensemble_store: Path, members: list[Path]) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from training.quantize import classifier_gemms
+
+    folder = store.resolve(ensemble_store, "duo")
+    model = onnx.load(str(folder / "model.onnx"))
+    weights = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    nodes = {n.name: n for n in model.graph.node}
+    kept = classifier_gemms(model)
+    assert len(kept) == len(members)
+    classes = store.read_manifest(folder).num_classes
+    for name in kept:  # each an fc8: 4096 inputs -> the classes (Gemm's weight is (K, 4096))
+        shape = weights[nodes[name].input[1]].shape
+        assert sorted(shape) == sorted((classes, 4096)), shape
