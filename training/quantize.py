@@ -100,14 +100,14 @@ def classifier_gemms(model: onnx.ModelProto) -> list[str]:
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
-    model = onnx.load(str(fp32))
+    keep_float = classifier_gemms(onnx.load(str(fp32)))
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
         quantize_static(
             str(prepared), str(out), _Batches(calibration), quant_format=QuantFormat.QDQ,
             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-            op_types_to_quantize=["Conv", "Gemm", "MatMul"], nodes_to_exclude=classifier_gemms(model),
+            op_types_to_quantize=["Conv", "Gemm", "MatMul"], nodes_to_exclude=keep_float,
         )  # fmt: skip
 
 
