@@ -1,4 +1,9 @@
-"""Shared helpers of the training tests: exact resume, two processes under torchrun."""
+"""Prepared sets (`training.shards`) built from the generated image set.
+
+`build_prepared` stands in for `alexnet prepare SRC DST` until that exists: it writes the
+same format with the format's own writers, so the tests can switch to `prepare` by
+replacing this one function.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +12,54 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
+from core.imaging import load_256
 from tests.conftest import train_args
+from training import shards
 from training.checkpoint import load_checkpoint
+from training.data import ImageFolder256, pixel_statistics
+
+
+def build_prepared(src: Path, dst: Path, *, encoding: str = "raw", per_shard: int = 5) -> Path:
+    """Write `src` (train/<class>/*, val/<class>/*) as a prepared set in `dst`.
+
+    Shards hold `per_shard` images in the split's sorted order; stats.npz is
+    `pixel_statistics` over every training image, as a folder run computes it.
+    """
+    train = ImageFolder256(src / "train")
+    val = ImageFolder256(src / "val", classes=train.classes)
+    splits = {}
+    for split, dataset in (("train", train), ("val", val)):
+        (dst / split).mkdir(parents=True)
+        samples = [(i, shards.encode(load_256(path), encoding), label)
+                   for i, (path, label) in enumerate(dataset.folder.samples)]  # fmt: skip
+        info = shards.SplitInfo()
+        for number, start in enumerate(range(0, len(samples), per_shard)):
+            name = shards.shard_name(split, number)
+            count = shards.write_shard(dst / split / name, samples[start : start + per_shard],
+                                       encoding)  # fmt: skip
+            info.shards.append(name)
+            info.counts.append(count)
+        splits[split] = info
+    shards.write_stats(dst, pixel_statistics(train, progress=False))
+    shards.write_prepared(dst, shards.PreparedSet(encoding=encoding, classes=train.classes,
+                                                  splits=splits))  # fmt: skip
+    return dst
+
+
+@pytest.fixture(scope="session")
+def prepared_raw(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`synth_root` prepared with raw encoding: 36 training images in 8 shards, 12 val in 3."""
+    return build_prepared(synth_root, tmp_path_factory.mktemp("prepared") / "raw")
+
+
+@pytest.fixture(scope="session")
+def prepared_jpeg(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`synth_root` prepared with JPEG encoding, same shards as `prepared_raw`."""
+    return build_prepared(synth_root, tmp_path_factory.mktemp("prepared") / "jpeg",
+                          encoding="jpeg")  # fmt: skip
 
 
 def check_resume_is_exact(data: Path, out: Path) -> tuple[dict, dict]:
