@@ -1,4 +1,4 @@
-"""Reading a prepared set: the shard split, the seeded order, decoding."""
+"""Training from a prepared set: the shard split, the seeded order, decoding, `alexnet train`."""
 
 from __future__ import annotations
 
@@ -10,8 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import train_args
+from tests.training.conftest import check_resume_is_exact, train_two_processes
 from training import shards
-from training.data import collate_skipping
+from training.checkpoint import load_checkpoint, model_from_checkpoint
+from training.data import ImageFolder256, collate_skipping, make_loader
+from training.evaluate import evaluate
+from training.presets import normalize_from
 from training.shard_loader import (
     ShardStream,
     collate_encoded,
@@ -19,6 +24,7 @@ from training.shard_loader import (
     make_shard_loader,
     plan_epoch,
 )
+from training.train import train
 
 CPU = torch.device("cpu")
 
@@ -152,3 +158,60 @@ def test_undecodable_samples_are_skipped_and_counted(prepared_jpeg: Path, tmp_pa
     on_device = decode_batch(collate_encoded(encoded), CPU)
     assert torch.equal(on_device[0], images) and torch.equal(on_device[1], labels)
     assert on_device[2] == 1
+
+
+def test_training_from_prepared_data_matches_the_folders(
+    prepared_raw: Path, synth_root: Path, trained_run: Path, tmp_path: Path
+) -> None:
+    # `trained_run` is the folder run with these options (tests/conftest.py).
+    train(train_args(prepared_raw, tmp_path, "--arch", "bn", "--epochs", "2", "--batch-size", "12"))
+    folder = load_checkpoint(trained_run / "checkpoint.pt")
+    prepared = load_checkpoint(tmp_path / "checkpoint.pt")
+    # Raw shards hold the folder run's pixels and stats.npz its statistics, exactly.
+    assert prepared["labels"] == folder["labels"]
+    assert torch.equal(prepared["normalization"]["mean"], folder["normalization"]["mean"])
+    assert torch.equal(prepared["pca"]["eigvec"], folder["pca"]["eigvec"])
+    assert prepared["config"].keys() == folder["config"].keys()
+    s = stream(prepared_raw, batch_size=12)
+    epoch = Counter(digest(image) for image, _ in s.samples(0))
+    train_set = ImageFolder256(synth_root / "train")
+    assert epoch == Counter(digest(train_set[i][0]) for i in range(len(train_set)))
+    # So one model scores the same on both validation loaders, to the last image...
+    model, normalize = model_from_checkpoint(folder), normalize_from(folder["normalization"])
+    loaders = [
+        make_loader(ImageFolder256(synth_root / "val", classes=folder["labels"]), batch_size=5,
+                    workers=0, shuffle=False),
+        make_shard_loader(prepared_raw, "val", shards.read_prepared(prepared_raw), batch_size=5,
+                          workers=0, shuffle=False, device=CPU),
+    ]  # fmt: skip
+    scores = [evaluate(model, loader, normalize, 227, device=CPU, progress=False)
+              for loader in loaders]  # fmt: skip
+    assert scores[0] == scores[1]
+    # ...and the two runs differ only in the order of the same images (the sampler's vs the
+    # shard permutation and buffer), so their figures agree within the noise of two short
+    # runs on 12 validation images: a bound of 6 images catches a broken pipeline (labels
+    # shuffled against images, a wrong mean), not a difference of order.
+    for a, b in zip(folder["metrics"], prepared["metrics"], strict=True):
+        assert abs(a["val_top1_err"] - b["val_top1_err"]) <= 6 / 12
+        assert abs(a["train_loss"] - b["train_loss"]) < 1.0
+
+
+def test_resume_on_prepared_data_continues_exactly(prepared_raw: Path, tmp_path: Path) -> None:
+    check_resume_is_exact(prepared_raw, tmp_path)
+
+
+def test_too_few_shards_for_the_workers_fails_before_training(
+    prepared_raw: Path, tmp_path: Path
+) -> None:
+    # 8 shards of at most 5 images over 8 workers: no worker fills a batch of 12.
+    with pytest.raises(ValueError, match="no whole batch"):
+        train(train_args(prepared_raw, tmp_path, "--batch-size", "12", "--workers", "8"))
+    assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_two_process_ddp_on_prepared_data(prepared_raw: Path, tmp_path: Path) -> None:
+    log = train_two_processes(prepared_raw, tmp_path, "--epochs", "2", "--batch-size", "6")
+    assert "batches of 3 per process" in log
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    for row in ckpt["metrics"]:  # every validation image counted exactly once over the ranks
+        assert round(row["val_top1_err"] * 12) == pytest.approx(row["val_top1_err"] * 12)
