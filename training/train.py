@@ -35,11 +35,13 @@ from tqdm import tqdm
 from core import constants as C
 from core.durable import write_lines_atomic
 from training import distributed as dist
+from training import shards
 from training.checkpoint import link_atomic, load_checkpoint, save_atomic
 from training.data import ImageFolder256, make_loader, pixel_statistics
 from training.evaluate import evaluate, resolve_device
 from training.model import DEFAULT_INIT, build_model
 from training.presets import Normalize, PCALighting, TrainAugment
+from training.shard_loader import ShardLoader, ShardStream, make_shard_loader, read_statistics
 
 log = logging.getLogger("training")
 
@@ -49,7 +51,7 @@ class TrainConfig:
     """What `train` does; `alexnet train` fills it from its options (same names), and every
     checkpoint stores it (`config`)."""
 
-    data: Path  # root holding train/<class>/* and val/<class>/*
+    data: Path  # root holding train/<class>/* and val/<class>/*, or a prepared set
     output: Path = Path("runs/alexnet")  # run folder for checkpoints and metrics
     arch: str = "paper"  # network variant (training.model.VARIANTS)
     init: str | None = None  # weight initialization (None: the variant's DEFAULT_INIT)
@@ -147,12 +149,11 @@ def train_one_epoch(
 
 
 def load_data(args: TrainConfig, rank: int, world_size: int, device: torch.device):
+    if shards.is_prepared(args.data):
+        return load_prepared(args, rank, world_size, device)
     train_set = ImageFolder256(args.data / "train")
     val_set = ImageFolder256(args.data / "val", classes=train_set.classes)
-    if args.batch_size % world_size:
-        raise ValueError(
-            f"--batch-size {args.batch_size} is not divisible by {world_size} processes"
-        )
+    _check_batch_size(args, world_size)
     common = dict(
         workers=args.workers,
         seed=args.seed,
@@ -172,6 +173,39 @@ def load_data(args: TrainConfig, rank: int, world_size: int, device: torch.devic
     return train_set, val_set, train_loader, val_loader
 
 
+def load_prepared(args: TrainConfig, rank: int, world_size: int, device: torch.device):
+    """`load_data` for a prepared set (`training.shards`): each rank reads its own shards."""
+    _check_batch_size(args, world_size)
+    prepared = shards.read_prepared(args.data)
+    per_rank = args.batch_size // world_size
+    common = dict(batch_size=per_rank, workers=args.workers, device=device, seed=args.seed,
+                  rank=rank, world_size=world_size)  # fmt: skip
+    train_loader = make_shard_loader(args.data, "train", prepared, shuffle=True, **common)
+    val_loader = make_shard_loader(args.data, "val", prepared, shuffle=False, **common)
+    steps = len(train_loader)
+    if steps == 0:
+        raise ValueError(
+            f"{args.data}: {len(prepared.splits['train'].shards)} training shard(s) give no whole "
+            f"batch of {per_rank} to each of {world_size} process(es) x {max(1, args.workers)} "
+            "worker(s); use fewer --workers or processes, a smaller --batch-size, or more shards"
+        )
+    log.info("prepared set %s (%s, %s): %d batches of %d per process per epoch", args.data,
+             prepared.encoding, shards.dump(prepared), steps, per_rank)  # fmt: skip
+    return train_loader.dataset, val_loader.dataset, train_loader, val_loader
+
+
+def _check_batch_size(args: TrainConfig, world_size: int) -> None:
+    if args.batch_size % world_size:
+        raise ValueError(
+            f"--batch-size {args.batch_size} is not divisible by {world_size} processes"
+        )
+
+
+def set_epoch(loader, epoch: int) -> None:
+    """Reshuffle for `epoch`: a `ShardLoader`, or the folder loader's DistributedSampler."""
+    (loader if isinstance(loader, ShardLoader) else loader.sampler).set_epoch(epoch)
+
+
 def compute_statistics(args: TrainConfig, train_set: ImageFolder256) -> dict:
     """Mean image and RGB PCA on rank 0, shared with the other ranks."""
     stats = None
@@ -185,6 +219,13 @@ def compute_statistics(args: TrainConfig, train_set: ImageFolder256) -> dict:
             progress=not args.no_progress,
         )
     return dist.broadcast_object(stats)
+
+
+def prepared_statistics(args: TrainConfig) -> dict:
+    """A prepared set's mean image and RGB PCA, written by `alexnet prepare` (stats.npz)."""
+    log.info("mean image and RGB PCA from %s (--stats-images does not apply)",
+             args.data / shards.STATS_FILE)  # fmt: skip
+    return read_statistics(args.data)
 
 
 def train(config: TrainConfig) -> dict:
@@ -222,7 +263,8 @@ def train(config: TrainConfig) -> dict:
         args.arch = ckpt["arch"]
         normalization, pca = ckpt["normalization"], ckpt["pca"]
     else:
-        stats = compute_statistics(args, train_set)
+        prepared = isinstance(train_set, ShardStream)
+        stats = prepared_statistics(args) if prepared else compute_statistics(args, train_set)
         normalization = {"mean": stats["mean"], "std": None, "kind": "mean_image"}
         pca = {"eigval": stats["eigval"], "eigvec": stats["eigvec"], "images": stats["images"]}
 
@@ -275,7 +317,7 @@ def train(config: TrainConfig) -> dict:
     )
     config = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(args).items()}
     for epoch in range(start_epoch, args.epochs):
-        train_loader.sampler.set_epoch(epoch)
+        set_epoch(train_loader, epoch)
         generator = seed_epoch(args.seed, epoch, rank, device)
         t0 = time.perf_counter()
         epoch_train = train_one_epoch(

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from tests.conftest import TINY_CLASSES, train_args
+from tests.training.conftest import check_resume_is_exact, train_two_processes
 from training.checkpoint import load_checkpoint
 from training.presets import Normalize
 from training.train import train
@@ -57,20 +55,7 @@ def test_refuses_to_overwrite_a_run_without_resume(trained_run: Path, synth_root
 
 
 def test_resume_continues_exactly(synth_root: Path, tmp_path: Path) -> None:
-    common = ["--arch", "paper", "--batch-size", "12", "--seed", "7"]
-    train(train_args(synth_root, tmp_path / "straight", *common, "--epochs", "2"))
-    train(train_args(synth_root, tmp_path / "stopped", *common, "--epochs", "1"))
-    train(train_args(synth_root, tmp_path / "stopped", *common, "--epochs", "2",
-                    "--resume", str(tmp_path / "stopped" / "checkpoint.pt")))  # fmt: skip
-    a = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
-    b = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
-    assert b["epoch"] == 1 and len(b["metrics"]) == 2
-    for key, tensor in a["model"].items():
-        assert torch.equal(tensor, b["model"][key]), key
-    mom_a = [s["momentum_buffer"] for s in a["optimizer"]["state"].values()]
-    mom_b = [s["momentum_buffer"] for s in b["optimizer"]["state"].values()]
-    assert all(torch.equal(x, y) for x, y in zip(mom_a, mom_b, strict=True))
-    assert [r["val_top1_err"] for r in a["metrics"]] == [r["val_top1_err"] for r in b["metrics"]]
+    a, _ = check_resume_is_exact(synth_root, tmp_path)
     # and the weights did move: this is a real training run
     c = load_checkpoint(tmp_path / "stopped" / "best.pt")
     assert any(not torch.equal(t, a["model"][k]) for k, t in c["model"].items()) or c["epoch"] == 1
@@ -103,17 +88,7 @@ def test_lr_is_divided_by_ten_when_val_error_plateaus(synth_root: Path, tmp_path
 
 
 def test_two_process_ddp_on_cpu_keeps_ranks_identical(synth_root: Path, tmp_path: Path) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "alexnet", "train", "--data", str(synth_root), "--output", str(tmp_path),
-           "--arch", "paper", "--epochs", "1", "--batch-size", "12", "--device", "cpu",
-           "--workers", "0", "--no-progress"]  # fmt: skip
-    proc = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, timeout=600, cwd=Path(__file__).parents[2]
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "processes=2" in proc.stderr
-    assert "all 2 ranks hold identical weights" in proc.stderr
+    train_two_processes(synth_root, tmp_path, "--epochs", "1", "--batch-size", "12")
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
     assert ckpt["config"]["batch_size"] == 12  # global batch, 6 per rank
     # every validation image counted exactly once across the two ranks
