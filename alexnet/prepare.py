@@ -35,13 +35,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workers", type=int, default=None, help="processes (default: the number of CPUs)"
     )
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="draws the order the training images are written in, so that every shard "
+        "mixes the classes (default: 0)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 
 def main(args: argparse.Namespace):
     prepared = prepare(args.src, args.dst, encoding=args.encoding, quality=args.quality,
-                       shard_size=args.shard_size, workers=args.workers,
+                       shard_size=args.shard_size, workers=args.workers, seed=args.seed,
                        progress=not args.no_progress)  # fmt: skip
     for split, info in prepared.splits.items():
         print(

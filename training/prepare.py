@@ -186,12 +186,20 @@ def read_sidecar(job: ShardJob) -> dict:
     return out
 
 
-def plan(source: Source, dst: Path, *, encoding: str, quality: int, shard_size: int
-         ) -> list[ShardJob]:  # fmt: skip
-    """The shards of every split, in order: shard i holds files i*size .. (i+1)*size - 1."""
+def training_order(count: int, seed: int) -> list[int]:
+    """The order the training images are written in: a permutation drawn from `seed`."""
+    return np.random.default_rng(seed).permutation(count).tolist()
+
+
+def plan(source: Source, dst: Path, *, encoding: str, quality: int, shard_size: int,
+         seed: int = 0) -> list[ShardJob]:  # fmt: skip
+    """The shards of every split: shard i holds images i*size .. (i+1)*size - 1 of the
+    split's order (validation: sorted; training: `training_order`)."""
     jobs = []
     for split in SPLITS:
         items = [(i, str(path), label) for i, (path, label) in enumerate(source.items[split])]
+        if split == "train":  # each shard a mix of every class, not one or two of them
+            items = [items[i] for i in training_order(len(items), seed)]
         for number, start in enumerate(range(0, len(items), shard_size)):
             jobs.append(ShardJob(split, number, dst / split, items[start : start + shard_size],
                                  encoding, quality, with_stats=split == "train"))  # fmt: skip
@@ -220,6 +228,7 @@ def prepare(
     quality: int = 90,
     shard_size: int = 1000,
     workers: int | None = None,
+    seed: int = 0,
     progress: bool = True,
 ) -> shards.PreparedSet:
     """Write SRC's train and val splits to DST as a prepared set; resume an unfinished one.
@@ -231,6 +240,7 @@ def prepare(
         quality: JPEG quality, 1-100.
         shard_size: images per shard.
         workers: processes (default: the CPUs).
+        seed: draws the order the training images are written in (shards mix the classes).
         progress: show a progress bar with the rate and the time left.
 
     Returns:
@@ -250,14 +260,14 @@ def prepare(
              for s in SPLITS}  # fmt: skip
     dst.mkdir(parents=True, exist_ok=True)
     _check_plan(dst, {"encoding": encoding, "quality": quality, "shard_size": shard_size,
-                      "files": files})  # fmt: skip
-    jobs = plan(source, dst, encoding=encoding, quality=quality, shard_size=shard_size)
+                      "seed": seed, "files": files})  # fmt: skip
+    jobs = plan(source, dst, encoding=encoding, quality=quality, shard_size=shard_size, seed=seed)
     for split in SPLITS:
         (dst / split).mkdir(exist_ok=True)
         for leftover in (dst / split).glob(f"{TMP_PREFIX}*"):  # of a run that was killed
             leftover.unlink()
     results = run_jobs(jobs, workers or os.cpu_count() or 1, progress)
-    return finish(dst, src, source, jobs, results, encoding=encoding, quality=quality)
+    return finish(dst, src, source, jobs, results, encoding=encoding, quality=quality, seed=seed)
 
 
 def run_jobs(jobs: Sequence[ShardJob], workers: int, progress: bool) -> dict[Path, dict]:
@@ -294,6 +304,7 @@ def finish(
     *,
     encoding: str,
     quality: int,
+    seed: int,
 ) -> shards.PreparedSet:
     """stats.npz from the training shards' sums, then prepared.json (the set is complete)."""
     train = [results[j.path] for j in jobs if j.split == "train"]
@@ -315,7 +326,7 @@ def finish(
     prepared = shards.PreparedSet(
         encoding=encoding, jpeg_quality=quality if encoding == "jpeg" else None,
         classes=source.classes, splits=splits, created_at=store.now_iso(),
-        source={"path": str(src.resolve()), "layout": source.layout,
+        source={"path": str(src.resolve()), "layout": source.layout, "train_order_seed": seed,
                 "class_names": source.class_names},
     )  # fmt: skip
     shards.write_prepared(dst, prepared)

@@ -12,7 +12,10 @@
 Each shard is a plain POSIX tar (the WebDataset convention: the files of one sample share
 a key): `KEY.jpg` (the 256x256 RGB image as JPEG) or `KEY.rgb` (its 196,608 raw bytes,
 uint8 HWC), and `KEY.cls` (the label index in ASCII). KEY is the image's index in its
-split (9 digits), so the order inside a shard is the split's sorted order. A shard is
+split's sorted file list (9 digits). The validation split is written in that order; the
+training split in a seeded random order, so that every shard mixes the classes (a
+reader that streams a few shards at a time through a shuffle buffer then sees them all,
+instead of one or two classes at a time). A shard is
 written to a temporary name and renamed when complete (`core.durable`): a shard on disk
 is whole. `prepared.json` is written last, so a set is complete exactly when it exists.
 

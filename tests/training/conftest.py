@@ -1,9 +1,4 @@
-"""Prepared sets (`training.shards`) built from the generated image set.
-
-`build_prepared` stands in for `alexnet prepare SRC DST` until that exists: it writes the
-same format with the format's own writers, so the tests can switch to `prepare` by
-replacing this one function.
-"""
+"""Prepared sets (`alexnet prepare`) of the generated image set, and shared training checks."""
 
 from __future__ import annotations
 
@@ -15,37 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.imaging import load_256
 from tests.conftest import train_args
-from training import shards
 from training.checkpoint import load_checkpoint
-from training.data import ImageFolder256, pixel_statistics
+from training.prepare import prepare
 
 
 def build_prepared(src: Path, dst: Path, *, encoding: str = "raw", per_shard: int = 5) -> Path:
-    """Write `src` (train/<class>/*, val/<class>/*) as a prepared set in `dst`.
-
-    Shards hold `per_shard` images in the split's sorted order; stats.npz is
-    `pixel_statistics` over every training image, as a folder run computes it.
-    """
-    train = ImageFolder256(src / "train")
-    val = ImageFolder256(src / "val", classes=train.classes)
-    splits = {}
-    for split, dataset in (("train", train), ("val", val)):
-        (dst / split).mkdir(parents=True)
-        samples = [(i, shards.encode(load_256(path), encoding), label)
-                   for i, (path, label) in enumerate(dataset.folder.samples)]  # fmt: skip
-        info = shards.SplitInfo()
-        for number, start in enumerate(range(0, len(samples), per_shard)):
-            name = shards.shard_name(split, number)
-            count = shards.write_shard(dst / split / name, samples[start : start + per_shard],
-                                       encoding)  # fmt: skip
-            info.shards.append(name)
-            info.counts.append(count)
-        splits[split] = info
-    shards.write_stats(dst, pixel_statistics(train, progress=False))
-    shards.write_prepared(dst, shards.PreparedSet(encoding=encoding, classes=train.classes,
-                                                  splits=splits))  # fmt: skip
+    """`alexnet prepare` of `src` into `dst`, `per_shard` images a shard."""
+    prepare(src, dst, encoding=encoding, shard_size=per_shard, workers=1, progress=False)
     return dst
 
 

@@ -20,7 +20,7 @@ from alexnet.main import main as cli
 from core.imaging import load_256
 from training import shards
 from training.data import ImageFolder256, pixel_statistics
-from training.prepare import PLAN_FILE, prepare
+from training.prepare import PLAN_FILE, prepare, training_order
 
 REPO = Path(__file__).parents[2]
 
@@ -47,7 +47,9 @@ def test_raw_shards_hold_exactly_the_images_training_would_read(
         prepared = shards.read_prepared(raw_set)
         assert prepared.classes == folder.classes
         got = samples_of(raw_set, split)
-        assert [s[0] for s in got] == list(range(len(folder)))  # every file, in order
+        # every file once: val in sorted order, train in the seeded order that mixes classes
+        order = training_order(len(folder), 0) if split == "train" else range(len(folder))
+        assert [s[0] for s in got] == list(order)
         assert prepared.splits[split].images == len(folder) and not prepared.splits[split].skipped
         for index, data, ext, label in got:
             path, want_label = folder.folder.samples[index]
@@ -122,7 +124,13 @@ def _plan_of(src: Path, *, encoding: str, shard_size: int) -> dict:
     source = find_source(src)
     files = {s: hashlib.sha256("\n".join(p for p, _ in source.items[s]).encode()).hexdigest()
              for s in ("train", "val")}  # fmt: skip
-    return {"encoding": encoding, "quality": 90, "shard_size": shard_size, "files": files}
+    return {
+        "encoding": encoding,
+        "quality": 90,
+        "shard_size": shard_size,
+        "seed": 0,
+        "files": files,
+    }
 
 
 def test_a_rerun_with_other_settings_is_refused(synth_root: Path, tmp_path: Path) -> None:
@@ -159,7 +167,7 @@ def test_sigkill_then_rerun_gives_a_complete_set(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     prepared = shards.read_prepared(dst)
     assert prepared.splits["train"].images == 24 and prepared.splits["val"].images == 8
-    assert [s[0] for s in samples_of(dst, "train")] == list(range(24))
+    assert [s[0] for s in samples_of(dst, "train")] == training_order(24, 0)
 
 
 def _fake_devkit(path: Path, wnids: list[str], val_ids: list[int]) -> None:
@@ -205,3 +213,11 @@ def test_imagenet_layout_with_the_devkit(synth_root: Path, tmp_path: Path) -> No
     assert [index for index, *_ in got] == list(range(len(val)))
     for (_, data, ext, _), (path, _) in zip(got, val, strict=True):
         np.testing.assert_array_equal(shards.decode(data, ext), load_256(path))
+
+
+def test_training_shards_mix_the_classes(raw_set: Path) -> None:
+    """Written in a seeded random order: a shard holds several classes, not one."""
+    prepared = shards.read_prepared(raw_set)
+    labels = [{label for *_, label in shards.read_shard(raw_set / "train" / name)}
+              for name in prepared.splits["train"].shards]  # fmt: skip
+    assert sum(len(s) for s in labels) / len(labels) > 2  # 4 classes, 4 images a shard
