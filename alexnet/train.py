@@ -24,12 +24,17 @@ from training.train import train
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="alexnet train",
-        description="Train AlexNet on a class-per-folder image set (DATA/train, DATA/val).",
+        description="Train AlexNet on a class-per-folder image set (DATA/train, DATA/val) or "
+        "on a set prepared by `alexnet prepare`.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Multi-GPU: torchrun --standalone --nproc_per_node=N -m alexnet train ARGS",
     )
     p.add_argument(
-        "--data", type=Path, required=True, help="root holding train/<class>/* and val/<class>/*"
+        "--data",
+        type=Path,
+        required=True,
+        help="root holding train/<class>/* and val/<class>/*, or a set written by "
+        "`alexnet prepare` (its shards, labels and statistics are used)",
     )
     p.add_argument(
         "--output",
@@ -110,7 +115,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--stats-images",
         type=int,
         default=D.stats_images,
-        help="training images used for the mean image and RGB PCA (default: 10000; 0 = all)",
+        help="training images used for the mean image and RGB PCA (default: 10000; 0 = all; "
+        "a prepared set brings its own, of every training image)",
     )
     p.add_argument(
         "--workers",
