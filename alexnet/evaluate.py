@@ -24,9 +24,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", type=Path, nargs="+", metavar="checkpoint",
                    help="checkpoint written by `alexnet train`; several: an ensemble")  # fmt: skip
     p.add_argument(
-        "--data", type=Path, required=True, help="dataset root holding <split>/<class>/*"
+        "--data",
+        type=Path,
+        required=True,
+        help="dataset root holding <split>/<class>/*, or a set written by `alexnet prepare`",
     )
-    p.add_argument("--split", default="val", help="sub-folder of --data to evaluate (default: val)")
+    p.add_argument(
+        "--split",
+        default="val",
+        help="sub-folder (or prepared split) of --data to evaluate (default: val)",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default: 64)")
     p.add_argument("--workers", type=int, default=2, help="data loading processes (default: 2)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: auto)")

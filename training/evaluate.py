@@ -22,6 +22,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from training import distributed as dist
+from training import shards
 from training.data import ImageFolder256, make_loader
 from training.ensemble import (
     Ensemble,
@@ -31,6 +32,7 @@ from training.ensemble import (
     ten_crop_probs,
 )
 from training.presets import Normalize
+from training.shard_loader import make_shard_loader
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,8 @@ def evaluate_checkpoint(
     Args:
         checkpoints: one checkpoint, or several evaluated as an ensemble (the average of
             their softmax outputs; they must have the same labels in the same order).
-        data, split: the images are `data/split/<class>/*`.
+        data, split: the images are `data/split/<class>/*`, or the split of a set
+            written by `alexnet prepare`.
         batch_size, workers: the loader.
         device: auto, cpu, cuda or cuda:N.
         progress: show progress bars.
@@ -145,14 +148,29 @@ def evaluate_checkpoint(
     target = resolve_device(device)
     ckpts = load_members(checkpoint_paths(checkpoints))
     ensemble = Ensemble.from_checkpoints(ckpts).to(target)
-    dataset = ImageFolder256(Path(data) / split, classes=list(ckpts[0]["labels"]))
-    loader = make_loader(dataset, batch_size=batch_size, workers=workers, shuffle=False)
+    loader = split_loader(data, split, list(ckpts[0]["labels"]), batch_size=batch_size,
+                          workers=workers, device=target)  # fmt: skip
     protocols = {"single_crop": ensemble.centre_probs, "ten_crop": lambda x: ensemble(x)[0]}
     return {
         name: score(predict, loader, device=target, amp=target.type == "cuda",
                     progress=progress, desc=name)
         for name, predict in protocols.items()
     }  # fmt: skip
+
+
+def split_loader(data: str | Path, split: str, labels: list[str], *, batch_size: int,
+                 workers: int, device: torch.device):  # fmt: skip
+    """Every image of one split, once, in order: from class folders or a prepared set."""
+    if shards.is_prepared(data):
+        prepared = shards.read_prepared(data)
+        if split not in prepared.splits:
+            raise ValueError(f"{data} has no split {split!r} (it has {', '.join(prepared.splits)})")
+        if prepared.classes != labels:
+            raise ValueError(f"{data} holds other classes than the checkpoint's labels")
+        return make_shard_loader(data, split, prepared, batch_size=batch_size,
+                                 workers=workers, shuffle=False, device=device)  # fmt: skip
+    dataset = ImageFolder256(Path(data) / split, classes=labels)
+    return make_loader(dataset, batch_size=batch_size, workers=workers, shuffle=False)
 
 
 def error_table(results: dict[str, dict[str, float]]) -> str:

@@ -78,3 +78,22 @@ def test_evaluate_refuses_a_folder_with_other_classes(
               "--device", "cpu",
               "--workers", "0", "--no-progress"])  # fmt: skip
     assert rc == 1
+
+
+def test_evaluate_reads_a_prepared_set_as_its_folders(
+    trained_run: Path, synth_root: Path, prepared_raw: Path
+) -> None:
+    """Raw shards hold the folders' very pixels: the figures are the same."""
+    from training.evaluate import evaluate_checkpoint
+
+    kwargs = dict(workers=0, device="cpu", progress=False)
+    folders = evaluate_checkpoint(trained_run / "checkpoint.pt", synth_root, **kwargs)
+    prepared = evaluate_checkpoint(trained_run / "checkpoint.pt", prepared_raw, **kwargs)
+    for protocol, want in folders.items():
+        got = prepared[protocol]
+        assert got["images"] == want["images"] == 12
+        assert got["top1_err"] == pytest.approx(want["top1_err"])
+        assert got["top5_err"] == pytest.approx(want["top5_err"])
+        assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
+    with pytest.raises(ValueError, match="no split 'test'"):
+        evaluate_checkpoint(trained_run / "checkpoint.pt", prepared_raw, split="test", **kwargs)
