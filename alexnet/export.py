@@ -24,10 +24,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoints", type=Path, nargs="+", metavar="checkpoint",
                    help="checkpoint written by `alexnet train`; several: an ensemble")  # fmt: skip
     add_publish_arguments(p)
-    p.add_argument("--data", type=Path, default=None,
-                   help="dataset root or prepared set: evaluate DATA/val with one and ten crops "
-                   "and record the figures (default: the checkpoint's last validation figures; none for an "
-                   "ensemble)")  # fmt: skip
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="dataset root or prepared set: evaluate DATA/val with one and ten crops and "
+        "record the figures (default: the checkpoint's last validation figures; none for an "
+        "ensemble)",
+    )
     p.add_argument(
         "--workers", type=int, default=2, help="loader processes for --data (default: 2)"
     )
