@@ -23,13 +23,12 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
-from core.model_loader import load_model
 from service.body_limit import BodyLimitMiddleware
-from service.config import Settings, model_spec
+from service.config import Settings
 from service.decode import ImageError
 from service.deps import AppState, NotReadyError
 from service.engine import Engine, OverloadedError
-from service.gallery import Gallery
+from service.resources import load_served_model, open_gallery
 from service.routers import gallery, health, page, predict
 
 log = logging.getLogger("service")
@@ -40,14 +39,7 @@ async def load(state: AppState) -> None:
     """Load the model and the gallery; on failure record why (shown by /health/ready)."""
     s = state.settings
     try:
-        loaded = await run_in_threadpool(
-            load_model,
-            s.store,
-            model_spec(s),
-            precision=s.precision,
-            device=s.device,
-            threads=s.threads,
-        )
+        loaded = await run_in_threadpool(load_served_model, s)
         state.metrics.model.info(
             {"model": loaded.id, "precision": loaded.precision, "provider": loaded.provider}
         )
@@ -59,11 +51,7 @@ async def load(state: AppState) -> None:
             on_batch=state.metrics.observe_batch,
         )
         await engine.start()
-        state.gallery = await run_in_threadpool(
-            lambda: Gallery.open(
-                s.gallery, exact_max=s.gallery_exact_max, **loaded.gallery_binding()
-            )
-        )
+        state.gallery = await run_in_threadpool(open_gallery, s, loaded)
         state.metrics.gallery_items.set(len(state.gallery))
         state.engine = engine
         log.info(

@@ -17,8 +17,8 @@ import numpy as np
 from tqdm import tqdm
 
 from core import constants as C
-from core.model_loader import load_model
-from service.config import Settings, model_spec
+from service import resources
+from service.config import Settings
 from service.decode import ImageError, decode
 from service.engine import Engine
 from service.gallery import Gallery, ModelBinding, NewItem, stored_model
@@ -28,21 +28,12 @@ log = logging.getLogger(__name__)
 
 def engine_for(settings: Settings) -> Engine:
     """The engine of the model the settings name (ALEXNET_MODEL or the store's only one)."""
-    loaded = load_model(
-        settings.store,
-        model_spec(settings),
-        precision=settings.precision,
-        device=settings.device,
-        threads=settings.threads,
-    )
-    return Engine(loaded)
+    return Engine(resources.load_served_model(settings))
 
 
 def open_gallery(settings: Settings, engine: Engine) -> Gallery:
     """The settings' gallery, bound to the engine's model."""
-    return Gallery.open(
-        settings.gallery, exact_max=settings.gallery_exact_max, **engine.loaded.gallery_binding()
-    )
+    return resources.open_gallery(settings, engine.loaded)
 
 
 def decode_file(path: Path, settings: Settings) -> tuple[bytes, np.ndarray, str] | None:

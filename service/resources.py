@@ -1,0 +1,26 @@
+"""What the settings name: the served model and its gallery, opened the one way that the
+app (at start-up) and the offline commands (`service.indexing`) both use."""
+
+from __future__ import annotations
+
+from core.model_loader import LoadedModel, load_model
+from service.config import Settings, model_spec
+from service.gallery import Gallery
+
+
+def load_served_model(settings: Settings) -> LoadedModel:
+    """ALEXNET_MODEL (or the store's only model) at the settings' precision and device."""
+    return load_model(
+        settings.store,
+        model_spec(settings),
+        precision=settings.precision,
+        device=settings.device,
+        threads=settings.threads,
+    )
+
+
+def open_gallery(settings: Settings, loaded: LoadedModel) -> Gallery:
+    """The settings' gallery, bound to the model that makes its vectors."""
+    return Gallery.open(
+        settings.gallery, exact_max=settings.gallery_exact_max, **loaded.gallery_binding()
+    )
