@@ -16,6 +16,11 @@ from PIL import Image, ImageOps
 from core.constants import IMAGE_SIZE, IMAGE_SUFFIXES
 
 
+def is_image_file(path: str | Path) -> bool:
+    """True for a file name with one of the suffixes every folder reader looks for."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
 def find_images(folder: Path) -> list[Path]:
     """Image files under `folder`, recursively, sorted.
 
@@ -25,9 +30,7 @@ def find_images(folder: Path) -> list[Path]:
     """
     if not Path(folder).is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")
-    paths = sorted(
-        p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    )
+    paths = sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
     if not paths:
         raise ValueError(
             f"no images under {folder} (looked for {', '.join(sorted(IMAGE_SUFFIXES))})"

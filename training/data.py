@@ -18,14 +18,9 @@ from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 from core import constants as C
-from core.imaging import load_256
+from core.imaging import is_image_file, load_256
 
 log = logging.getLogger(__name__)
-
-
-def is_image_file(path: str) -> bool:
-    """The suffixes every folder reader of the project looks for (`C.IMAGE_SUFFIXES`)."""
-    return Path(path).suffix.lower() in C.IMAGE_SUFFIXES
 
 
 class ImageFolder256(Dataset):
