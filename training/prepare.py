@@ -41,9 +41,9 @@ from tqdm import tqdm
 from core import constants as C
 from core import store
 from core.durable import TMP_PREFIX, write_atomic, write_json_atomic
-from core.imaging import load_256
+from core.imaging import is_image_file, load_256
 from training import shards
-from training.data import ImageFolder256, is_image_file, statistics_from_sums
+from training.data import ImageFolder256, statistics_from_sums
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +65,12 @@ class Source:
 
 def find_source(src: Path) -> Source:
     """Read SRC as ImageNet's layout when it has a flat val/ and a devkit, else as folders."""
-    src = Path(src)
+    src, train = Path(src), ImageFolder256(Path(src) / "train")
     val = src / "val"
-    flat_val = val.is_dir() and any(p.is_file() and is_image_file(p.name) for p in val.iterdir())
-    if flat_val and _devkit(src) is not None:
-        return find_imagenet(src)
-    train = ImageFolder256(src / "train")
+    files = sorted(val.iterdir()) if val.is_dir() else []
+    flat = [p for p in files if p.is_file() and is_image_file(p)]  # ImageNet's val/ is flat
+    if flat and (devkit := _devkit(src)) is not None:
+        return find_imagenet(train, flat, devkit)
     val_set = ImageFolder256(val, classes=train.classes)
     return Source(classes=train.classes, layout="folders",
                   items={"train": train.folder.samples, "val": val_set.folder.samples})  # fmt: skip
@@ -108,20 +108,19 @@ def read_devkit(devkit: Path) -> tuple[dict[str, str], list[str]]:
     return names, [id_to_wnid[int(i)] for i in truth]
 
 
-def find_imagenet(src: Path) -> Source:
-    names, val_wnids = read_devkit(_devkit(src))
-    classes = sorted(p.name for p in (src / "train").iterdir() if p.is_dir())
-    if unknown := sorted(set(classes) - set(names)):
-        raise ValueError(f"{src / 'train'} has folders that are not devkit synsets: {unknown[:5]}")
-    label = {wnid: i for i, wnid in enumerate(classes)}
-    train = ImageFolder256(src / "train").folder.samples
-    val_files = sorted(p for p in (src / "val").iterdir() if p.is_file() and is_image_file(p.name))
+def find_imagenet(train: ImageFolder256, val_files: list[Path], devkit: Path) -> Source:
+    """ImageNet's layout: wnid class folders, and the flat validation files (sorted by name)
+    labelled by the devkit's ground truth."""
+    names, val_wnids = read_devkit(devkit)
+    if unknown := sorted(set(train.classes) - set(names)):
+        raise ValueError(f"{train.root} has folders that are not devkit synsets: {unknown[:5]}")
     if len(val_files) != len(val_wnids):
-        raise ValueError(f"{src / 'val'} holds {len(val_files)} images but the devkit's ground "
-                         f"truth lists {len(val_wnids)}")  # fmt: skip
+        raise ValueError(f"{val_files[0].parent} holds {len(val_files)} images but the devkit's "
+                         f"ground truth lists {len(val_wnids)}")  # fmt: skip
+    label = {wnid: i for i, wnid in enumerate(train.classes)}
     val = [(str(p), label[w]) for p, w in zip(val_files, val_wnids, strict=True) if w in label]
-    return Source(classes=classes, items={"train": train, "val": val}, layout="imagenet",
-                  class_names={w: names[w] for w in classes})  # fmt: skip
+    return Source(classes=train.classes, items={"train": train.folder.samples, "val": val},
+                  layout="imagenet", class_names={w: names[w] for w in train.classes})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -206,6 +205,16 @@ def plan(source: Source, dst: Path, *, encoding: str, quality: int, shard_size: 
     return jobs
 
 
+def plan_record(source: Source, *, encoding: str, quality: int, shard_size: int, seed: int
+                ) -> dict:  # fmt: skip
+    """What a run records of its plan (the settings and a digest of each split's file list),
+    and what a rerun must match."""
+    files = {s: hashlib.sha256("\n".join(p for p, _ in source.items[s]).encode()).hexdigest()
+             for s in SPLITS}  # fmt: skip
+    return {"encoding": encoding, "quality": quality, "shard_size": shard_size, "seed": seed,
+            "files": files}  # fmt: skip
+
+
 def _check_plan(dst: Path, settings: dict) -> None:
     """Record the settings of a new run, or refuse to resume one made with others."""
     path = dst / PLAN_FILE
@@ -256,11 +265,9 @@ def prepare(
         log.info("%s is already prepared", dst)
         return shards.read_prepared(dst)
     source = find_source(src)
-    files = {s: hashlib.sha256("\n".join(p for p, _ in source.items[s]).encode()).hexdigest()
-             for s in SPLITS}  # fmt: skip
     dst.mkdir(parents=True, exist_ok=True)
-    _check_plan(dst, {"encoding": encoding, "quality": quality, "shard_size": shard_size,
-                      "seed": seed, "files": files})  # fmt: skip
+    _check_plan(dst, plan_record(source, encoding=encoding, quality=quality,
+                                 shard_size=shard_size, seed=seed))  # fmt: skip
     jobs = plan(source, dst, encoding=encoding, quality=quality, shard_size=shard_size, seed=seed)
     for split in SPLITS:
         (dst / split).mkdir(exist_ok=True)

@@ -174,7 +174,7 @@ class ShardStream(IterableDataset):
         if not self.decode:
             return torch.frombuffer(bytearray(data), dtype=torch.uint8), label
         try:
-            image = decode_chw(data, ext)
+            image = shards.decode(data, ext)
             if image.shape != (3, C.IMAGE_SIZE, C.IMAGE_SIZE):
                 raise ValueError(f"decoded to {tuple(image.shape)}, expected (3, 256, 256)")
         except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this sample"
@@ -182,20 +182,6 @@ class ShardStream(IterableDataset):
                         self.split, e)  # fmt: skip
             return None, label
         return image, label
-
-
-def decode_chw(data: bytes, ext: str) -> torch.Tensor:
-    """A sample's image bytes -> uint8 (3, 256, 256), on the CPU, without extra copies:
-    JPEG through libjpeg-turbo (`torchvision.io.decode_jpeg`, the decoder the GPU path
-    falls back to), raw bytes as a view."""
-    buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-    if ext == shards.ENCODINGS["raw"]:
-        if buffer.numel() != shards.RAW_BYTES:
-            raise ValueError(f"a raw sample has {buffer.numel()} bytes, not {shards.RAW_BYTES}")
-        return buffer.view(C.IMAGE_SIZE, C.IMAGE_SIZE, 3).permute(2, 0, 1).contiguous()
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    return decode_jpeg(buffer, mode=ImageReadMode.RGB)
 
 
 def _read(paths: list[Path], opened: list[str], rng: random.Random | None, at_once: int):

@@ -20,9 +20,14 @@ from alexnet.main import main as cli
 from core.imaging import load_256
 from training import shards
 from training.data import ImageFolder256, pixel_statistics
-from training.prepare import PLAN_FILE, prepare, training_order
+from training.prepare import PLAN_FILE, find_source, plan_record, prepare, training_order
 
 REPO = Path(__file__).parents[2]
+
+
+def hwc(image) -> np.ndarray:
+    """A decoded sample (3, 256, 256) as `load_256` gives images: (256, 256, 3)."""
+    return image.permute(1, 2, 0).numpy()
 
 
 def samples_of(dst: Path, split: str) -> list[tuple[int, bytes, str, int]]:
@@ -54,7 +59,7 @@ def test_raw_shards_hold_exactly_the_images_training_would_read(
         for index, data, ext, label in got:
             path, want_label = folder.folder.samples[index]
             assert label == want_label
-            np.testing.assert_array_equal(shards.decode(data, ext), load_256(path))
+            np.testing.assert_array_equal(hwc(shards.decode(data, ext)), load_256(path))
 
 
 def test_the_stored_statistics_are_the_training_sets(synth_root: Path, raw_set: Path) -> None:
@@ -74,7 +79,7 @@ def test_jpeg_shards_are_close_to_the_images(synth_root: Path, tmp_path: Path) -
     folder = ImageFolder256(synth_root / "val")
     for index, data, ext, _ in samples_of(tmp_path / "jpeg", "val"):
         assert ext == "jpg"
-        image = shards.decode(data, ext).astype(int)
+        image = hwc(shards.decode(data, ext)).astype(int)
         same = np.abs(image - load_256(folder.folder.samples[index][0])).mean()
         other = np.abs(image - load_256(folder.folder.samples[index - 1][0])).mean()
         assert same < 8 and other > 4 * same  # JPEG at quality 90 of this very image
@@ -116,21 +121,9 @@ def test_a_resumed_run_keeps_finished_shards_and_writes_the_same_set(
 
 
 def _plan_of(src: Path, *, encoding: str, shard_size: int) -> dict:
-    """The plan a first run records (what a rerun must match)."""
-    import hashlib
-
-    from training.prepare import find_source
-
-    source = find_source(src)
-    files = {s: hashlib.sha256("\n".join(p for p, _ in source.items[s]).encode()).hexdigest()
-             for s in ("train", "val")}  # fmt: skip
-    return {
-        "encoding": encoding,
-        "quality": 90,
-        "shard_size": shard_size,
-        "seed": 0,
-        "files": files,
-    }
+    """The plan a first run with these settings records (what a rerun must match)."""
+    return plan_record(find_source(src), encoding=encoding, quality=90, shard_size=shard_size,
+                       seed=0)  # fmt: skip
 
 
 def test_a_rerun_with_other_settings_is_refused(synth_root: Path, tmp_path: Path) -> None:
@@ -212,7 +205,7 @@ def test_imagenet_layout_with_the_devkit(synth_root: Path, tmp_path: Path) -> No
     assert [label for *_, label in got] == [sorted(wnids).index(wnids[label]) for _, label in val]
     assert [index for index, *_ in got] == list(range(len(val)))
     for (_, data, ext, _), (path, _) in zip(got, val, strict=True):
-        np.testing.assert_array_equal(shards.decode(data, ext), load_256(path))
+        np.testing.assert_array_equal(hwc(shards.decode(data, ext)), load_256(path))
 
 
 def test_training_shards_mix_the_classes(raw_set: Path) -> None:
