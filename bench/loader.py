@@ -57,11 +57,10 @@ def make_set(root: Path, per_class: int, distinct: int = 100, val: int = 8) -> P
 def epoch_rate(loader) -> float:
     """Images/s of one pass over a loader (after its workers started)."""
     it = iter(loader)
-    first = next(it)
+    next(it)  # the workers have started
     n, start = 0, time.perf_counter()
     for images, *_ in it:
         n += len(images)
-    del first
     return n / (time.perf_counter() - start)
 
 
