@@ -162,5 +162,6 @@ def run(settings: Settings) -> None:
         port=settings.port,
         access_log=False,
         log_config=None,
+        timeout_keep_alive=settings.keep_alive_s,
         timeout_graceful_shutdown=10,
     )

@@ -37,6 +37,14 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
+    keep_alive_s: int = Field(
+        75,
+        ge=1,
+        le=3600,
+        description="seconds an idle keep-alive connection stays open; keep it above the idle "
+        "timeout of the clients and proxies in front (httpx: 5, nginx upstream: 60), or a "
+        "request they send just as the server closes the connection fails",
+    )
     api_key: SecretStr | None = Field(
         None, description="when set, gallery writes need 'Authorization: Bearer <key>'"
     )

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import select
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -112,3 +116,34 @@ def test_index_refuses_a_gallery_the_service_holds(
             ]
         )
         assert rc == 1
+
+
+def connection_after_idle(url: str, idle: float) -> str:
+    """Ask /health/live on one connection, stay idle `idle` seconds, then ask again on the same
+    connection: "open" if the second answer came on it, "closed" if the server had closed it."""
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", "/health/live")
+        assert conn.getresponse().read()
+        sock = conn.sock
+        time.sleep(idle)
+        readable, _, _ = select.select([sock], [], [], 0)
+        if readable and sock.recv(1, socket.MSG_PEEK) == b"":
+            return "closed"
+        conn.request("GET", "/health/live")
+        assert conn.getresponse().status == 200 and conn.sock is sock
+        return "open"
+    finally:
+        conn.close()
+
+
+def test_idle_connections_outlive_the_clients_pool_expiry(tmp_path: Path) -> None:
+    # httpx gives up an idle connection after 5 s; a server that closed it at the same moment
+    # would fail a request sent on it then (RemoteProtocolError), so it must wait longer.
+    with running_server(tmp_path / "store", tmp_path / "gallery", wait_ready=False) as url:
+        assert connection_after_idle(url, 6.0) == "open"
+    with running_server(
+        tmp_path / "store", tmp_path / "gallery", wait_ready=False, keep_alive_s="1"
+    ) as url:
+        assert connection_after_idle(url, 2.5) == "closed"
