@@ -43,9 +43,10 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--gallery",
-        type=Path,
         default=None,
-        help="gallery folder (ALEXNET_GALLERY; default: gallery)",
+        metavar="FOLDER_OR_URL",
+        help="gallery: a folder (embedded, one process) or a postgresql:// URL (shared by "
+        "replicas) (ALEXNET_GALLERY; default: gallery)",
     )
     p.add_argument(
         "--precision",

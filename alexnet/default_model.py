@@ -115,20 +115,20 @@ def export_model(recipe: DefaultRecipe, checkpoint: Path) -> Path:
 def fill_gallery(recipe: DefaultRecipe, settings) -> None:
     """Add the validation images to the settings' gallery (unless it exists)."""
     from service import indexing
-    from service.gallery import stored_model
+    from service.gallery import shown, stored_model
 
     settings = settings.model_copy(update={"store": recipe.store, "model": recipe.name})
     if stored_model(settings.gallery) is not None:
-        step(4, f"gallery: reusing {settings.gallery}")
+        step(4, f"gallery: reusing {shown(settings.gallery)}")
         return
-    step(4, f"gallery: adding {recipe.data_dir / 'val'} to {settings.gallery}")
+    step(4, f"gallery: adding {recipe.data_dir / 'val'} to {shown(settings.gallery)}")
     engine = indexing.engine_for(settings)
     with indexing.open_gallery(settings, engine) as gallery:
         ids, skipped = indexing.index_images(
             gallery, engine, find_images(recipe.data_dir / "val"), settings=settings,
             label_of=lambda p: p.parent.name, progress=recipe.progress,
         )  # fmt: skip
-    log.info("added %d images to %s; %d skipped", len(ids), settings.gallery, skipped)
+    log.info("added %d images to %s; %d skipped", len(ids), shown(settings.gallery), skipped)
 
 
 def build_default(recipe: DefaultRecipe, gallery=None) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 from alexnet.args import add_model_arguments, settings_from
 from core.imaging import find_images
 from service import indexing
+from service.gallery import shown
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -43,5 +44,6 @@ def main(args: argparse.Namespace) -> list[str]:
             label_of=(lambda p: p.parent.name) if args.label_from_folder else lambda _: args.label,
         )  # fmt: skip
         total = len(gallery)
-    print(f"added {len(ids)} images to {settings.gallery} ({total} items now); {skipped} skipped")
+    where = shown(settings.gallery)
+    print(f"added {len(ids)} images to {where} ({total} items now); {skipped} skipped")
     return ids

@@ -12,6 +12,7 @@ import argparse
 
 from alexnet.args import add_model_arguments, settings_from
 from service import indexing
+from service.gallery import shown
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -31,9 +32,8 @@ def main(args: argparse.Namespace) -> int:
     count, before = indexing.reindex(settings, engine, batch_size=args.batch_size)
     model_id = engine.loaded.gallery_binding()["model_id"]
     if count is None:
-        print(f"{settings.gallery} is already embedded with {model_id}; nothing to do")
+        print(f"{shown(settings.gallery)} is already embedded with {model_id}; nothing to do")
         return 0
-    print(
-        f"re-embedded {count} images of {settings.gallery} with {model_id} (was {before.model_id})"
-    )
+    where = shown(settings.gallery)
+    print(f"re-embedded {count} images of {where} with {model_id} (was {before.model_id})")
     return count

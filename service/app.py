@@ -23,16 +23,34 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.routing import compile_path
 
+from core.model_loader import LoadedModel
 from service.body_limit import BodyLimitMiddleware
 from service.config import Settings
 from service.decode import ImageError
 from service.deps import AppState, NotReadyError
 from service.engine import Engine, OverloadedError
+from service.gallery import GalleryUnavailableError
 from service.resources import load_served_model, open_gallery
 from service.routers import gallery, health, page, predict
 
 log = logging.getLogger("service")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a client's X-Request-ID, if it is one
+
+
+GALLERY_RETRY_S = 5.0  # between tries to reach a gallery database at start-up
+
+
+async def open_gallery_when_reachable(state: AppState, loaded: LoadedModel) -> None:
+    """Open the gallery, trying again while its database cannot be reached (/predict answers
+    meanwhile; /health/ready says why it is not ready)."""
+    while True:
+        try:
+            state.gallery = await run_in_threadpool(open_gallery, state.settings, loaded)
+            return
+        except GalleryUnavailableError as e:
+            state.failure = f"waiting for the gallery: {e}"
+            log.warning("%s; trying again in %.0f s", state.failure, GALLERY_RETRY_S)
+            await asyncio.sleep(GALLERY_RETRY_S)
 
 
 async def load(state: AppState) -> None:
@@ -51,15 +69,16 @@ async def load(state: AppState) -> None:
             on_batch=state.metrics.observe_batch,
         )
         await engine.start()
-        state.gallery = await run_in_threadpool(open_gallery, s, loaded)
+        state.engine = engine  # /predict needs no gallery
+        await open_gallery_when_reachable(state, loaded)
+        state.failure = None
         state.metrics.gallery_items.set(len(state.gallery))
-        state.engine = engine
         log.info(
             "ready: %s (%s) on %s; gallery %s with %d items",
             loaded.id,
             loaded.precision,
             loaded.provider,
-            s.gallery,
+            state.gallery.location,
             len(state.gallery),
         )
     except Exception as e:  # noqa: BLE001 - stay up and say why in /health/ready
@@ -129,6 +148,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def overloaded(_: Request, e: OverloadedError) -> JSONResponse:
         return JSONResponse(
             {"detail": f"overloaded: {e}"}, status_code=503, headers={"Retry-After": "1"}
+        )
+
+    @app.exception_handler(GalleryUnavailableError)
+    async def gallery_unavailable(_: Request, e: GalleryUnavailableError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"gallery unavailable: {e}"}, status_code=503, headers={"Retry-After": "5"}
         )
 
     @app.exception_handler(NotReadyError)

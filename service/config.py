@@ -28,7 +28,11 @@ class Settings(BaseSettings):
     threads: int | None = Field(
         None, ge=1, description="onnxruntime intra-op threads (default: onnxruntime's)"
     )
-    gallery: Path = Field(Path("gallery"), description="gallery folder (vectors, images, database)")
+    gallery: str = Field(
+        "gallery",
+        description="gallery: a folder (embedded SQLite + FAISS, one process) or a "
+        "postgresql:// URL (PostgreSQL + pgvector, shared by replicas)",
+    )
     gallery_exact_max: int = Field(
         GALLERY_EXACT_MAX,
         ge=0,

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.config import Settings
 from service.engine import Engine
-from service.gallery import Gallery
+from service.gallery import GalleryBackend
 from service.metrics import Metrics
 
 
@@ -24,7 +24,7 @@ class AppState:
     settings: Settings
     metrics: Metrics = field(default_factory=Metrics)
     engine: Engine | None = None
-    gallery: Gallery | None = None
+    gallery: GalleryBackend | None = None
     failure: str | None = None  # why loading failed, for /health/ready
 
 
@@ -45,7 +45,7 @@ def get_engine(state: StateDep) -> Engine:
     return state.engine
 
 
-def get_gallery(state: StateDep) -> Gallery:
+def get_gallery(state: StateDep) -> GalleryBackend:
     if state.gallery is None:
         raise NotReadyError(state.failure or "the gallery is still loading")
     return state.gallery
@@ -53,7 +53,7 @@ def get_gallery(state: StateDep) -> Gallery:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
-GalleryDep = Annotated[Gallery, Depends(get_gallery)]
+GalleryDep = Annotated[GalleryBackend, Depends(get_gallery)]
 
 
 # In the OpenAPI schema as a bearer scheme; the check itself is require_api_key's.

@@ -4,7 +4,8 @@
     with open_gallery(settings, engine) as gallery:
         ids, skipped = index_images(gallery, engine, paths, settings=settings)
 
-Both open the gallery folder exclusively: the service must be stopped (or use POST /gallery).
+A folder gallery is opened exclusively: stop the service first (or use POST /gallery). A
+postgresql:// gallery is shared: both run while replicas serve it.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from service import resources
 from service.config import Settings
 from service.decode import ImageError, decode
 from service.engine import Engine
-from service.gallery import Gallery, ModelBinding, NewItem, stored_model
+from service.gallery import GalleryBackend, ModelBinding, NewItem, shown, stored_model
+from service.gallery import open_gallery as open_location
 
 log = logging.getLogger(__name__)
 
@@ -31,26 +33,33 @@ def engine_for(settings: Settings) -> Engine:
     return Engine(resources.load_served_model(settings))
 
 
-def open_gallery(settings: Settings, engine: Engine) -> Gallery:
+def open_gallery(settings: Settings, engine: Engine) -> GalleryBackend:
     """The settings' gallery, bound to the engine's model."""
     return resources.open_gallery(settings, engine.loaded)
 
 
 def decode_file(path: Path, settings: Settings) -> tuple[bytes, np.ndarray, str] | None:
     """(file bytes, 256x256 pixels, format) of an image file, or None (logged) if unusable."""
-    data = path.read_bytes()
+    return decode_bytes(path.read_bytes(), path, settings)
+
+
+def decode_bytes(
+    data: bytes, source: object, settings: Settings
+) -> tuple[bytes, np.ndarray, str] | None:
+    """(the bytes, 256x256 pixels, format) of an encoded image, or None (logged, naming
+    `source`) if unusable."""
     try:
         pixels, fmt = decode(
             data, max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
         )
     except ImageError as e:
-        log.warning("skipping %s: %s", path, e.detail)
+        log.warning("skipping %s: %s", source, e.detail)
         return None
     return data, pixels, fmt
 
 
 def index_images(
-    gallery: Gallery,
+    gallery: GalleryBackend,
     engine: Engine,
     paths: Sequence[Path],
     *,
@@ -75,7 +84,7 @@ def index_images(
     """
     ids: list[str] = []
     skipped = 0
-    bar = tqdm(total=len(paths), desc=f"indexing into {gallery.root}", unit="img",
+    bar = tqdm(total=len(paths), desc=f"indexing into {gallery.location}", unit="img",
                disable=not progress)  # fmt: skip
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
@@ -109,11 +118,11 @@ def reindex(
     """
     recorded = stored_model(settings.gallery)
     if recorded is None:
-        raise FileNotFoundError(f"no gallery at {settings.gallery}")
+        raise FileNotFoundError(f"no gallery at {shown(settings.gallery)}")
     binding = engine.loaded.gallery_binding()
     if recorded.model_sha256 == binding["model_sha256"]:
         return None, recorded
-    with Gallery.open(
+    with open_location(
         settings.gallery,
         model_sha256=recorded.model_sha256,
         model_id=recorded.model_id,
@@ -125,11 +134,12 @@ def reindex(
         for start in tqdm(batches, desc="re-embedding", unit="batch", disable=not progress):
             chunk = stored[start : start + batch_size]
             pixels = []
-            for _, path in chunk:
-                decoded = decode_file(path, settings)
+            for item_id, data in chunk:
+                decoded = decode_bytes(data, f"item {item_id}", settings)
                 if decoded is None:
                     raise ValueError(
-                        f"stored image {path} can no longer be decoded; gallery unchanged"
+                        f"the stored image of item {item_id} can no longer be decoded; "
+                        "gallery unchanged"
                     )
                 pixels.append(decoded[1])
             _, fc7 = engine.run(np.stack(pixels))

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from core.model_loader import LoadedModel, load_model
 from service.config import Settings, model_spec
-from service.gallery import Gallery
+from service.gallery import GalleryBackend
+from service.gallery import open_gallery as open_location
 
 
 def load_served_model(settings: Settings) -> LoadedModel:
@@ -19,8 +20,9 @@ def load_served_model(settings: Settings) -> LoadedModel:
     )
 
 
-def open_gallery(settings: Settings, loaded: LoadedModel) -> Gallery:
-    """The settings' gallery, bound to the model that makes its vectors."""
-    return Gallery.open(
+def open_gallery(settings: Settings, loaded: LoadedModel) -> GalleryBackend:
+    """The settings' gallery (a folder or a postgresql:// URL), bound to the model that makes
+    its vectors."""
+    return open_location(
         settings.gallery, exact_max=settings.gallery_exact_max, **loaded.gallery_binding()
     )

@@ -53,3 +53,26 @@ def exported(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     store_dir = tmp_path_factory.mktemp("store")
     ckpt = load_checkpoint(trained_run / "checkpoint.pt")
     return export_checkpoint(ckpt, store_dir=store_dir, name="tiny", source={"checkpoint": "test"})
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory):
+    """A real PostgreSQL 18 + pgvector on 127.0.0.1 for the session (`tests.postgres`)."""
+    from tests.postgres import Postgres
+
+    server = Postgres(tmp_path_factory.mktemp("postgres"))
+    server.start()
+    yield server
+    if server.running:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(postgres, request: pytest.FixtureRequest) -> str:
+    """The URL of a new, empty database on the session's PostgreSQL, one per test."""
+    import hashlib
+
+    name = "t_" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    if not postgres.running:  # a test stopped it
+        postgres.start()
+    return postgres.create_database(name)

@@ -37,26 +37,37 @@ Example:
 
 from __future__ import annotations
 
+from service.gallery.backends import is_database_url, open_gallery, shown, stored_model
 from service.gallery.facade import Gallery
+from service.gallery.interface import GalleryBackend
 from service.gallery.items import (
     GalleryLockedError,
     GalleryModelMismatchError,
+    GalleryUnavailableError,
     Item,
+    ItemRecord,
     ModelBinding,
     Neighbor,
     NewItem,
+    StoredImage,
     is_valid_id,
 )
-from service.gallery.sqlite_db import stored_model
 
 __all__ = [
     "Gallery",
+    "GalleryBackend",
     "GalleryLockedError",
     "GalleryModelMismatchError",
+    "GalleryUnavailableError",
     "Item",
+    "ItemRecord",
     "ModelBinding",
     "Neighbor",
     "NewItem",
+    "StoredImage",
+    "is_database_url",
     "is_valid_id",
+    "open_gallery",
+    "shown",
     "stored_model",
 ]

@@ -20,10 +20,12 @@ from core.store import now_iso
 from service.gallery.image_files import ImageFiles, file_name
 from service.gallery.index_policy import GalleryIndex
 from service.gallery.items import (
+    ItemRecord,
     NewItem,
     check_image,
     check_label,
     check_vectors,
+    is_valid_id,
     metadata_json,
 )
 from service.gallery.sqlite_rows import SqliteRows
@@ -55,6 +57,27 @@ def batch_of_items(items: list[NewItem], dim: int) -> Batch:
         name = file_name(item_id, ext)
         rows.append((item_id, label, metadata, now_iso(), name, sha256(data)))
         files.append((name, data))
+    stacked = np.stack(vectors) if vectors else np.empty((0, dim), np.float32)
+    return Batch(rows, stacked, files)
+
+
+def batch_of_records(records: Sequence[ItemRecord], dim: int) -> Batch:
+    """The rows, vectors and files of items copied from another gallery, their ids and
+    creation times kept, or ValueError naming the first invalid one."""
+    rows, vectors, files = [], [], []
+    for i, record in enumerate(records):
+        what = f"record {i} ({record.id!r})"
+        if not is_valid_id(record.id):
+            raise ValueError(f"{what}: not a gallery id")
+        data, ext = check_image(record.image_bytes, record.image_ext, what)
+        vectors.append(check_vectors(record.vector, dim, what))
+        label = check_label(record.label, what)
+        metadata = metadata_json(record.metadata, what)
+        name = file_name(record.id, ext)
+        rows.append((record.id, label, metadata, record.created_at, name, sha256(data)))
+        files.append((name, data))
+    if len({row[0] for row in rows}) != len(rows):
+        raise ValueError("the same id twice in one import")
     stacked = np.stack(vectors) if vectors else np.empty((0, dim), np.float32)
     return Batch(rows, stacked, files)
 

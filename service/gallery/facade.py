@@ -6,6 +6,7 @@ files and the index - and holds the lock that makes it safe to share between thr
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Iterator, Sequence
@@ -16,22 +17,24 @@ import numpy as np
 
 from core.constants import FC7_DIM, GALLERY_EXACT_MAX, GALLERY_IMAGES_DIR
 from core.durable import fsync_path
-from service.gallery.batches import batch_of_items, batch_of_vectors, store
+from service.gallery.batches import batch_of_items, batch_of_records, batch_of_vectors, store
 from service.gallery.folder_lock import FolderLock
 from service.gallery.image_files import ImageFiles
 from service.gallery.index_policy import GalleryIndex
 from service.gallery.items import (
     Item,
+    ItemRecord,
     ModelBinding,
     Neighbor,
     NewItem,
+    StoredImage,
     check_model,
     check_vectors,
     is_valid_id,
     item_from_row,
 )
 from service.gallery.search import nearest
-from service.gallery.sqlite_rows import SqliteRows
+from service.gallery.sqlite_rows import ITEM_COLUMNS, SqliteRows, blob_vector
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,11 @@ class Gallery:
     # ----------------------------------------------------------------- properties
 
     @property
+    def location(self) -> str:
+        """Where the gallery lives: its folder."""
+        return str(self.root)
+
+    @property
     def model_id(self) -> str:
         """'name:version' of the model whose vectors the gallery holds."""
         return self._rows.binding.model_id
@@ -145,6 +153,10 @@ class Gallery:
 
     def __len__(self) -> int:
         return self._index.ntotal
+
+    def problem(self) -> str | None:
+        """Always None: a folder gallery in this process has nothing to lose contact with."""
+        return None
 
     # ----------------------------------------------------------------- writes
 
@@ -240,15 +252,21 @@ class Gallery:
             return None
         with self._lock:
             found = self._rows.item(id, with_vector)
-        return None if found is None else item_from_row(*found, self.images_dir)
+        return None if found is None else item_from_row(*found)
 
-    def image_path(self, id: str) -> Path | None:
-        """The stored image file of this id, or None (unknown id or missing file)."""
+    def image(self, id: str) -> StoredImage | None:
+        """The stored image of this id, or None (unknown id or missing file)."""
         if not is_valid_id(id):
             return None
         with self._lock:
             name = self._rows.image_file(id)
-        return None if name is None else self._files.existing(name)
+        path = None if name is None else self._files.existing(name)
+        if path is None:
+            return None
+        try:
+            return StoredImage(path.read_bytes(), path.suffix)
+        except FileNotFoundError:  # deleted since
+            return None
 
     def list(self, offset: int = 0, limit: int = 50) -> tuple[list[Item], int]:
         """A page of items in insertion order, and the total number of items."""
@@ -256,14 +274,44 @@ class Gallery:
             raise ValueError(f"offset and limit must be >= 0, got {offset} and {limit}")
         with self._lock:
             rows, total = self._rows.page(offset, limit)
-        return [item_from_row(row, None, self.images_dir) for row in rows], total
+        return [item_from_row(row, None) for row in rows], total
 
-    def iter_images(self) -> Iterator[tuple[str, Path]]:
-        """(id, image path) of every item in insertion order, read a chunk at a time (the
+    def iter_images(self) -> Iterator[tuple[str, bytes]]:
+        """(id, image bytes) of every item in insertion order, read a chunk at a time (the
         lock is held while a chunk is read, not in between)."""
         for rows in self._rows.chunks("id, image_file", guard=self._lock):
             for _, item_id, image_file in rows:
-                yield item_id, self._files.path(image_file)
+                yield item_id, self._files.path(image_file).read_bytes()
+
+    def iter_records(self) -> Iterator[ItemRecord]:
+        """Every item with its image bytes and vector, in insertion order, a chunk at a time."""
+        columns = f"{ITEM_COLUMNS}, vector"
+        for rows in self._rows.chunks(columns, guard=self._lock):
+            for _, item_id, label, metadata, created_at, image_file, _, blob in rows:
+                yield ItemRecord(
+                    id=item_id, label=label, metadata=json.loads(metadata),
+                    created_at=created_at, image_bytes=self._files.path(image_file).read_bytes(),
+                    image_ext=Path(image_file).suffix, vector=blob_vector(blob),
+                )  # fmt: skip
+
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` the gallery holds."""
+        with self._lock:
+            return self._rows.known_ids(ids)
+
+    def import_records(self, records: Sequence[ItemRecord]) -> None:
+        """Store items made elsewhere with their ids and creation times kept (`alexnet gallery
+        copy`), all or none, durable once this returns.
+
+        Raises:
+            ValueError: a record is invalid or its id is already stored (nothing written).
+        """
+        batch = batch_of_records(records, self.dim)
+        with self._lock:
+            present = self._rows.known_ids(batch.ids)
+        if present:
+            raise ValueError(f"{len(present)} id(s) already stored, e.g. {sorted(present)[0]}")
+        store(batch, self._files, self._rows, self._index, self._lock)
 
     def search(self, vector: np.ndarray, k: int = 10) -> list[Neighbor]:
         """The `k` items nearest to `vector` by Euclidean distance, nearest first.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import PurePath
 from typing import Annotated, Any
 
 import numpy as np
@@ -26,6 +26,12 @@ class GalleryModelMismatchError(RuntimeError):
 
 class GalleryLockedError(RuntimeError):
     """The gallery folder is already open (another process, or another `Gallery` object)."""
+
+
+class GalleryUnavailableError(RuntimeError):
+    """The gallery's database cannot be reached right now (the service answers 503 with
+    Retry-After); nothing was changed, or the outcome of a write is unknown and it can be
+    retried."""
 
 
 @dataclass
@@ -47,9 +53,31 @@ class Item:
     label: str | None
     metadata: dict[str, Any]
     created_at: str | None
-    image_file: Path
+    image_ext: str  # ".jpg"
     image_sha256: str | None
     vector: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class StoredImage:
+    """An item's image, the bytes as uploaded."""
+
+    data: bytes
+    ext: str  # ".jpg"
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    """Everything stored of an item: what `iter_records` gives and `import_records` takes
+    (`alexnet gallery copy` moves galleries between backends with them, ids kept)."""
+
+    id: str
+    label: str | None
+    metadata: dict[str, Any]
+    created_at: str | None
+    image_bytes: bytes
+    image_ext: str
+    vector: np.ndarray  # (dim,) float32
 
 
 @dataclass(frozen=True)
@@ -76,12 +104,12 @@ def is_valid_id(value: object) -> bool:
     return isinstance(value, str) and ID_RE.fullmatch(value) is not None
 
 
-def item_from_row(row: tuple, vector: np.ndarray | None, folder: Path) -> Item:
+def item_from_row(row: tuple, vector: np.ndarray | None) -> Item:
     """An `Item` from its row (id, label, metadata JSON, created_at, image file, sha256)."""
     item_id, label, metadata, created_at, image_file, image_sha256 = row
     return Item(
         id=item_id, label=label, metadata=json.loads(metadata), created_at=created_at,
-        image_file=folder / image_file, image_sha256=image_sha256, vector=vector,
+        image_ext=PurePath(image_file).suffix, image_sha256=image_sha256, vector=vector,
     )  # fmt: skip
 
 

@@ -170,6 +170,17 @@ class SqliteRows:
         ).fetchall()
         return rows, self.count()
 
+    def known_ids(self, ids: Sequence[str]) -> set[str]:
+        """Which of `ids` are stored."""
+        found: set[str] = set()
+        ids = list(ids)
+        for start in range(0, len(ids), SQL_VARS_CHUNK):
+            chunk = ids[start : start + SQL_VARS_CHUNK]
+            marks = ",".join("?" * len(chunk))  # only placeholders are formatted in
+            found.update(r[0] for r in self.db.execute(
+                f"SELECT id FROM items WHERE id IN ({marks})", chunk))  # fmt: skip
+        return found
+
     def image_file(self, id: str) -> str | None:
         row = self.db.execute("SELECT image_file FROM items WHERE id = ?", (id,)).fetchone()
         return None if row is None else row[0]

@@ -7,7 +7,6 @@ import mimetypes
 from typing import Annotated
 
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response, UploadFile
-from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.deps import ApiKeyDep, EngineDep, GalleryDep, SettingsDep, StateDep
@@ -140,18 +139,18 @@ async def get_item(gallery: GalleryDep, item_id: ItemId) -> GalleryItem:
 
 @router.get(
     "/gallery/{item_id}/image",
-    response_class=FileResponse,
+    response_class=Response,
     responses={
         200: {"content": {"image/*": {}}, "description": "the stored file, as uploaded"},
         **error_responses(404, 503),
     },
 )
-async def get_image(gallery: GalleryDep, item_id: ItemId) -> FileResponse:
-    path = await run_in_threadpool(gallery.image_path, item_id)
-    if path is None:
+async def get_image(gallery: GalleryDep, item_id: ItemId) -> Response:
+    image = await run_in_threadpool(gallery.image, item_id)
+    if image is None:
         raise HTTPException(404, f"no gallery item {item_id!r}")
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(path, media_type=media_type)
+    media_type = mimetypes.guess_type(f"image{image.ext}")[0] or "application/octet-stream"
+    return Response(image.data, media_type=media_type)
 
 
 @router.delete(

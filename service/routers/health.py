@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path, Response
 from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
 
 from core import store
 from service.deps import StateDep
@@ -24,9 +25,15 @@ async def live() -> dict:
 
 @router.get("/health/ready", responses=error_responses(503))
 async def ready(state: StateDep) -> JSONResponse:
-    """200 once the model and the gallery are loaded, 503 (with Retry-After) before."""
+    """200 once the model and the gallery are loaded, 503 (with Retry-After) before. Once
+    ready it stays so while a gallery database is unreachable (/predict still answers; the
+    gallery endpoints answer 503): `gallery` then says why."""
     if state.engine is not None and state.gallery is not None:
-        return JSONResponse({"status": "ready", "model": state.engine.loaded.id})
+        problem = await run_in_threadpool(state.gallery.problem)
+        return JSONResponse({
+            "status": "ready", "model": state.engine.loaded.id,
+            "gallery": "ok" if problem is None else f"unavailable: {problem}",
+        })  # fmt: skip
     detail = state.failure or "loading the model and the gallery"
     return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"})
 

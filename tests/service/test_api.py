@@ -154,7 +154,8 @@ def test_bad_metadata_is_refused_and_changes_nothing(server: str, sample_images)
 
 
 def test_health_models_metrics_and_docs(server: str) -> None:
-    assert httpx.get(f"{server}/health/ready").json() == {"status": "ready", "model": "tiny:1"}
+    ready = httpx.get(f"{server}/health/ready").json()
+    assert ready == {"status": "ready", "model": "tiny:1", "gallery": "ok"}
     models = httpx.get(f"{server}/models").json()
     assert (
         models["loaded"]["id"] == "tiny:1"

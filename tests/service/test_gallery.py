@@ -18,6 +18,7 @@ from service.gallery import (
     GalleryLockedError,
     GalleryModelMismatchError,
     NewItem,
+    StoredImage,
     stored_model,
 )
 
@@ -68,9 +69,9 @@ def test_add_get_list_remove_round_trip(gallery: Gallery, root: Path) -> None:
     item = gallery.get(ids[2])
     assert item is not None and item.vector is None
     assert (item.id, item.label, item.metadata) == (ids[2], "class2", new[2].metadata)
-    assert item.image_file == root / "images" / f"{ids[2]}.jpg"
-    assert item.image_file.read_bytes() == new[2].image_bytes
-    assert gallery.image_path(ids[2]) == item.image_file
+    assert item.image_ext == ".jpg"
+    assert (root / "images" / f"{ids[2]}.jpg").read_bytes() == new[2].image_bytes
+    assert gallery.image(ids[2]) == StoredImage(new[2].image_bytes, ".jpg")
     assert item.created_at and len(item.image_sha256 or "") == 64
     full = gallery.get(ids[2], with_vector=True)
     assert full is not None and full.vector is not None
@@ -80,7 +81,7 @@ def test_add_get_list_remove_round_trip(gallery: Gallery, root: Path) -> None:
     assert total == 5 and [i.id for i in items] == ids
 
     assert gallery.remove(ids[1]) is True
-    assert gallery.get(ids[1]) is None and gallery.image_path(ids[1]) is None
+    assert gallery.get(ids[1]) is None and gallery.image(ids[1]) is None
     assert not (root / "images" / f"{ids[1]}.jpg").exists()
     assert gallery.remove(ids[1]) is False
     items, total = gallery.list()
@@ -103,7 +104,7 @@ def test_label_none_and_empty_metadata(gallery: Gallery) -> None:
     [item_id] = gallery.add([NewItem(b"png", ".PNG", _vectors(1)[0])])
     item = gallery.get(item_id)
     assert item is not None
-    assert (item.label, item.metadata, item.image_file.suffix) == (None, {}, ".png")
+    assert (item.label, item.metadata, item.image_ext) == (None, {}, ".png")
 
 
 def test_search_distances_are_euclidean(gallery: Gallery) -> None:
@@ -203,7 +204,7 @@ def test_added_items_survive_sigkill(root: Path) -> None:
         assert len(g) == 6
         for item_id, vector in zip(ids, vectors, strict=True):
             item = g.get(item_id)
-            assert item is not None and item.image_file.read_bytes() == b"bytes"
+            assert item is not None and g.image(item_id) == StoredImage(b"bytes", ".jpg")
             first = g.search(vector, k=1)[0]
             assert first.id == item_id and first.distance == pytest.approx(0.0, abs=1e-3)
 
@@ -242,8 +243,9 @@ def test_replace_vectors_switches_model(root: Path) -> None:
     old, new = _vectors(5), _vectors(5, seed=1)
     with Gallery.open(root, **MODEL_A) as g:
         ids = g.add([_new(v, i) for i, v in enumerate(old)])
-        paths = dict(g.iter_images())
-        assert list(paths) == ids and all(p.is_file() for p in paths.values())
+        images = dict(g.iter_images())
+        assert list(images) == ids
+        assert [images[i] for i in ids] == [_new(v, i).image_bytes for i, v in enumerate(old)]
         with pytest.raises(ValueError, match="missing"):
             g.replace_vectors(dict(zip(ids[:4], new[:4], strict=True)), **MODEL_B)
         assert g.model_id == "synth:1"
@@ -296,7 +298,7 @@ def test_invalid_batch_writes_nothing(gallery: Gallery, root: Path, bad: dict) -
 def test_malformed_ids_are_not_found(gallery: Gallery, bad_id: str) -> None:
     [item_id] = gallery.add([_new(_vectors(1)[0])])
     assert gallery.get(bad_id) is None
-    assert gallery.image_path(bad_id) is None
+    assert gallery.image(bad_id) is None
     assert gallery.search_by_id(bad_id, k=1) is None
     assert gallery.remove(bad_id) is False
     assert gallery.get(item_id) is not None and len(gallery) == 1
@@ -368,13 +370,12 @@ def test_add_vectors_fills_rows_that_share_one_image_file(root: Path) -> None:
         assert item is not None and item.vector is not None
         assert (item.label, item.metadata) == ("bulk2", {"tag": 2, "j": 3})
         np.testing.assert_array_equal(item.vector, second_fill[3])
-        assert item.image_file.read_bytes() == b"\xff\xd8 shared 2"
-        assert item.image_file.suffix == ".jpg" and len(item.image_sha256 or "") == 64
-        # One file per call, written once; it is what image_path and iter_images give.
-        shared = {g.image_path(i) for i in first}, {g.image_path(i) for i in second}
-        assert [len(paths) for paths in shared] == [1, 1] and shared[0] != shared[1]
+        assert g.image(second[3]) == StoredImage(b"\xff\xd8 shared 2", ".jpg")
+        assert item.image_ext == ".jpg" and len(item.image_sha256 or "") == 64
+        # One file per call, written once; it is what image and iter_images give.
         assert len(_files(root)) == 3
-        assert {p for i, p in g.iter_images() if i in second} == shared[1]
+        assert {g.image(i).data for i in first} == {b"\xff\xd8 shared 1"}
+        assert {data for i, data in g.iter_images() if i in second} == {b"\xff\xd8 shared 2"}
 
         # Real search over every row: exact Euclidean distances, in float64 here.
         expected = np.linalg.norm(vectors.astype(np.float64) - query.astype(np.float64), axis=1)
@@ -386,10 +387,11 @@ def test_add_vectors_fills_rows_that_share_one_image_file(root: Path) -> None:
         assert hit is not None and hit[0].id == first[7] and hit[0].metadata == {"tag": 1, "j": 7}
 
         # The shared file goes with the last of its rows, not before.
-        assert g.remove(second[0]) and g.image_path(second[1]) in shared[1]
+        assert g.remove(second[0]) and g.image(second[1]).data == b"\xff\xd8 shared 2"
+        assert len(_files(root)) == 3
         for item_id in second[1:]:
             assert g.remove(item_id)
-        assert len(_files(root)) == 2 and all(not p.exists() for p in shared[1])
+        assert len(_files(root)) == 2
 
     kept = [i for i in range(66) if ids[i] not in set(second)]
     with Gallery.open(root, **MODEL_A) as g:  # the rows survive a reopen, the file is kept
@@ -398,7 +400,7 @@ def test_add_vectors_fills_rows_that_share_one_image_file(root: Path) -> None:
         want = sorted(kept, key=lambda i: expected[i])
         assert [n.id for n in neighbors] == [ids[i] for i in want]
         np.testing.assert_allclose([n.distance for n in neighbors], expected[want], rtol=1e-5)
-        assert g.image_path(first[0]) in shared[0]
+        assert g.image(first[0]).data == b"\xff\xd8 shared 1"
 
 
 BAD_FILLS = {

@@ -78,7 +78,7 @@ def test_index_then_reindex_with_another_model(
     with Gallery.open(gallery, model_sha256=v1, model_id="tiny:1/fp32") as g:
         assert len(g) == 12
         labels = {i.label for i in g.list(0, 100)[0]}
-        first_id, first_path = next(g.iter_images())
+        first_id, _ = next(g.iter_images())
         old = g.get(first_id, with_vector=True).vector
     assert labels == {p.name for p in (synth_root / "val").iterdir()}
 
