@@ -12,6 +12,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ class Server:
 @contextlib.contextmanager
 def serve(
     store: Path,
-    gallery: Path,
+    gallery: str | Path,
     *,
     wait_ready: bool = True,
     port: int | None = None,
@@ -61,12 +62,13 @@ def serve(
     """Start `alexnet serve` (or `command`) and wait until it answers; stop it on exit.
 
     Args:
-        store, gallery: ALEXNET_STORE and ALEXNET_GALLERY.
+        store, gallery: ALEXNET_STORE and ALEXNET_GALLERY (a folder or a postgresql:// URL).
         wait_ready: wait for /health/ready (model and gallery loaded), else /health/live.
         port: the port (default: a free one).
         command: what to run instead of `alexnet serve` (it reads the same variables).
         cwd: its working folder.
-        log: where its output goes, appended to (default: server-PORT.log beside `gallery`).
+        log: where its output goes, appended to (default: server-PORT.log beside a gallery
+            folder, or in the temporary folder).
         timeout: seconds to wait for it.
         env: further settings as ALEXNET_* variables: `max_queue="8"` is ALEXNET_MAX_QUEUE=8.
 
@@ -82,7 +84,9 @@ def serve(
         "ALEXNET_HOST": "127.0.0.1",
         **{f"ALEXNET_{k.upper()}": v for k, v in env.items()},
     }
-    log = log or gallery.parent / f"server-{port}.log"
+    if log is None:  # beside a gallery folder; for a database gallery in the temporary folder
+        folder = Path(tempfile.gettempdir()) if "://" in str(gallery) else Path(gallery).parent
+        log = folder / f"server-{port}.log"
     with open(log, "ab") as out:  # the child keeps its own descriptor
         proc = subprocess.Popen(command or SERVE, env=environ, cwd=cwd, stdout=out,
                                 stderr=subprocess.STDOUT)  # fmt: skip
