@@ -481,10 +481,17 @@ def send(url: str, case: Case) -> httpx.Response:
 # ------------------------------------------------------------------ the tests
 
 
-@pytest.fixture(scope="module")
-def hostile_server(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    gallery = tmp_path_factory.mktemp("hostile") / "gallery"
-    with serve(exported.parent.parent, gallery, api_key=API_KEY, **SMALL_LIMITS) as server:
+@pytest.fixture(scope="module", params=["folder", "postgresql"])
+def hostile_server(
+    request: pytest.FixtureRequest, exported: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """A server on either gallery backend: the answers must not depend on it."""
+    folder = tmp_path_factory.mktemp("hostile")
+    gallery = folder / "gallery"
+    if request.param == "postgresql":
+        gallery = request.getfixturevalue("postgres").create_database("hostile")
+    with serve(exported.parent.parent, gallery, api_key=API_KEY, log=folder / "server.log",
+               **SMALL_LIMITS) as server:  # fmt: skip
         yield server
 
 
