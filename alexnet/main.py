@@ -38,6 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("alexnet.serve", "run the HTTP service (predict, similar, gallery)"),
     "index": ("alexnet.index", "add a folder of images to the gallery"),
     "reindex": ("alexnet.reindex", "re-embed the gallery with another model"),
+    "gallery": (
+        "alexnet.gallery",
+        "work on a whole gallery: copy it between folders and PostgreSQL (resumable, verified)",
+    ),
 }
 
 
