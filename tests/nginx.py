@@ -28,6 +28,8 @@ from alexnet.local_server import free_port
 REPO = Path(__file__).parents[1]
 TEMPLATE = REPO / "deploy" / "nginx" / "alexnet.conf.template"
 VARIABLE = re.compile(r"\$\{(\w+)\}")
+# how long nginx leaves a failed upstream server alone (the template's fail_timeout)
+FAIL_TIMEOUT_S = int(re.search(r"\bfail_timeout=(\d+)s\b", TEMPLATE.read_text())[1])
 
 
 def nginx_binary() -> str | None:

@@ -24,15 +24,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from alexnet.local_server import Server
 from service.config import Settings
-from tests.nginx import Nginx, nginx_binary
+from tests.nginx import FAIL_TIMEOUT_S, Nginx, nginx_binary
 from tests.service.conftest import SMALL_LIMITS, serve
 
 if nginx_binary() is None:
     if os.environ.get("CI"):  # CI installs it: a missing nginx there is a failure
         raise RuntimeError("nginx is missing: .ci/run should have installed it")
     pytest.skip("Debian's nginx is not installed (apt-get install nginx)", allow_module_level=True)
-
-FAIL_TIMEOUT_S = 10  # the template's fail_timeout
 
 
 @pytest.fixture(scope="module")
