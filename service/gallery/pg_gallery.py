@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 import psycopg
-from psycopg_pool import PoolTimeout
+from psycopg_pool import ConnectionPool
 
 from core.constants import FC7_DIM, GALLERY_EXACT_MAX
 from service.gallery import pg_rows
 from service.gallery.backends import shown
 from service.gallery.batches import Batch, batch_of_items, batch_of_records, batch_of_vectors
 from service.gallery.items import (
+    GalleryUnavailableError,
     Item,
     ItemRecord,
     ModelBinding,
@@ -42,7 +43,13 @@ from service.gallery.items import (
     check_vectors,
     is_valid_id,
 )
-from service.gallery.pg_pool import PROBLEM_TIMEOUT, connect, make_pool, reason, unavailable
+from service.gallery.pg_pool import (
+    PROBLEM_TIMEOUT,
+    ConnectionHealth,
+    connect,
+    make_pool,
+    unavailable,
+)
 from service.gallery.pg_projection import ProjectionCache, build, drop, ensure
 from service.gallery.pg_schema import bind_model, migrate, read_binding
 from service.gallery.pg_search import nearest
@@ -55,11 +62,13 @@ class PgGallery:
     call takes its own connection from the pool."""
 
     def __init__(
-        self, url: str, pool: Any, binding: ModelBinding, exact_max: int
+        self, url: str, pool: ConnectionPool, health: ConnectionHealth, binding: ModelBinding,
+        exact_max: int,
     ) -> None:  # fmt: skip
         """Internal: use `PgGallery.open`."""
         self._url, self._location = url, shown(url)
-        self._pool, self._binding, self.exact_max = pool, binding, exact_max
+        self._pool: ConnectionPool | None = pool
+        self._health, self._binding, self.exact_max = health, binding, exact_max
         self._projections = ProjectionCache()
 
     # ----------------------------------------------------------------- lifecycle
@@ -94,10 +103,10 @@ class PgGallery:
             with connect(url) as conn, conn.transaction():
                 applied = migrate(conn, dim)
                 bind_model(conn, binding, location)
-            pool = make_pool(url, name=location)
+            pool, health = make_pool(url, name=location)
         if applied:
             log.info("gallery %s: schema migrations %s applied", location, applied)
-        gallery = cls(url, pool, binding, exact_max)
+        gallery = cls(url, pool, health, binding, exact_max)
         try:
             gallery._ensure_projection()
             log.info(
@@ -127,7 +136,10 @@ class PgGallery:
         pool = self._pool
         if pool is None:
             raise RuntimeError(f"gallery {self._location} is closed")
-        with unavailable(self._url, self._location), pool.connection() as conn:
+        with (
+            unavailable(self._url, self._location, self._health),
+            pool.connection(timeout=self._health.timeout) as conn,
+        ):
             yield conn
 
     # ----------------------------------------------------------------- properties
@@ -167,12 +179,11 @@ class PgGallery:
         if pool is None:
             return f"gallery {self._location} is closed"
         try:
-            with pool.connection(timeout=PROBLEM_TIMEOUT) as conn:
-                conn.execute("SELECT 1")
-        except PoolTimeout:
-            return f"gallery database {self._location}: no connection within {PROBLEM_TIMEOUT:g} s"
-        except psycopg.Error as e:
-            return f"gallery database {self._location} unreachable: {reason(e, self._url)}"
+            with unavailable(self._url, self._location, self._health):
+                with pool.connection(timeout=min(PROBLEM_TIMEOUT, self._health.timeout)) as conn:
+                    conn.execute("SELECT 1")
+        except (GalleryUnavailableError, RuntimeError) as e:
+            return str(e)
         return None
 
     # ----------------------------------------------------------------- writes

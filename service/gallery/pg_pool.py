@@ -6,8 +6,11 @@ the pgvector type registered with fast numpy adapters: a vector parameter is a f
 ndarray, a vector column read in binary comes back as one. A connection is checked when it
 is taken from the pool, so one that a server restart broke is replaced instead of used; a
 connection that cannot be had within GETCONN_TIMEOUT seconds is an unavailable database,
-not a wait. The pool gives up a reconnection attempt after RECONNECT_TIMEOUT seconds and
-starts a fresh one at the next request, so it is back within seconds of the server.
+not a wait. While the pool's last attempt to connect failed (`ConnectionHealth`) a request
+waits only FAILING_TIMEOUT seconds - long enough to take a connection the pool has just
+made again - and the error names the last connection failure. The pool gives up a
+reconnection attempt after RECONNECT_TIMEOUT seconds and starts a fresh one at the next
+request, so it is back within seconds of the server.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 from service.gallery.items import GalleryUnavailableError
 
 GETCONN_TIMEOUT = 3.0  # s: a request waits at most this long for a connection
+FAILING_TIMEOUT = 0.5  # s: ... and this long while the last attempt to connect failed
 PROBLEM_TIMEOUT = 2.0  # s: what /health/ready waits for its trivial query
 CONNECT_TIMEOUT = 3  # s: libpq's connect_timeout (whole seconds, at least 2)
 RECONNECT_TIMEOUT = 3.0  # s: a background reconnection gives up; the next request retries
@@ -72,20 +76,48 @@ def register_vector(conn: psycopg.Connection) -> None:
     conn.adapters.register_loader(info.oid, VectorBinaryLoader)
 
 
-def make_pool(url: str, name: str) -> ConnectionPool:
-    """An open pool on `url` with one connection made (GalleryUnavailableError if none can
-    be made within GETCONN_TIMEOUT seconds; the caller maps it with `unavailable`)."""
+class ConnectionHealth:
+    """Whether the pool's last attempt to connect failed, and why (set by its connections'
+    class, `make_pool`)."""
+
+    def __init__(self) -> None:
+        self.failure: str | None = None
+
+    @property
+    def timeout(self) -> float:
+        """How long a request waits for a connection now."""
+        return GETCONN_TIMEOUT if self.failure is None else FAILING_TIMEOUT
+
+
+def make_pool(url: str, name: str) -> tuple[ConnectionPool, ConnectionHealth]:
+    """An open pool on `url` with one connection made, and the health of its connection
+    attempts. A pool timeout (no connection within GETCONN_TIMEOUT seconds) is raised to the
+    caller, which maps it with `unavailable`."""
+    health = ConnectionHealth()
+
+    class GalleryConnection(psycopg.Connection):
+        @classmethod
+        def connect(cls, *args: Any, **kwargs: Any) -> GalleryConnection:
+            try:
+                conn = super().connect(*args, **kwargs)
+            except psycopg.Error as e:
+                health.failure = reason(e, url)
+                raise
+            health.failure = None
+            return conn
+
     pool = ConnectionPool(
-        url, min_size=1, max_size=POOL_MAX, open=False, name=name, kwargs=CONNECT_ARGS,
-        configure=register_vector, check=ConnectionPool.check_connection,
-        timeout=GETCONN_TIMEOUT, reconnect_timeout=RECONNECT_TIMEOUT,
+        url, connection_class=GalleryConnection, min_size=1, max_size=POOL_MAX, open=False,
+        name=name, kwargs=CONNECT_ARGS, configure=register_vector,
+        check=ConnectionPool.check_connection, timeout=GETCONN_TIMEOUT,
+        reconnect_timeout=RECONNECT_TIMEOUT,
     )  # fmt: skip
     try:
         pool.open(wait=True, timeout=GETCONN_TIMEOUT)
     except BaseException:
         pool.close(timeout=0)
         raise
-    return pool
+    return pool, health
 
 
 def connect(url: str) -> psycopg.Connection:
@@ -94,7 +126,7 @@ def connect(url: str) -> psycopg.Connection:
 
 
 @contextmanager
-def unavailable(url: str, location: str) -> Iterator[None]:
+def unavailable(url: str, location: str, health: ConnectionHealth | None = None) -> Iterator[None]:
     """Turn the errors of a database that cannot be reached (refused, shut down, a pool
     timeout, a broken connection) into `GalleryUnavailableError` with a short reason that
     names `location` (the URL without its password) and never the password."""
@@ -103,10 +135,9 @@ def unavailable(url: str, location: str) -> Iterator[None]:
     except PoolClosed:
         raise RuntimeError(f"gallery {location} is closed") from None
     except PoolTimeout:
-        raise GalleryUnavailableError(
-            f"gallery database {location}: no connection within {GETCONN_TIMEOUT:g} s "
-            "(server down or unreachable)"
-        ) from None
+        failure = health.failure if health is not None else None
+        why = f"unreachable: {failure}" if failure else "no connection in time (pool busy?)"
+        raise GalleryUnavailableError(f"gallery database {location} {why}") from None
     except (psycopg.OperationalError, psycopg.InterfaceError) as e:
         raise GalleryUnavailableError(
             f"gallery database {location} unreachable: {reason(e, url)}"
