@@ -165,7 +165,7 @@ class PgGallery:
     def index_kind(self) -> str:
         """ "hnsw" (above `exact_max` items, with a projection) or "exact"."""
         with self._conn() as conn:
-            count, _, projection_id = pg_rows.state(conn)
+            count, projection_id = pg_rows.state(conn)
         return "hnsw" if projection_id is not None and count > self.exact_max else "exact"
 
     def __len__(self) -> int:
@@ -240,14 +240,14 @@ class PgGallery:
         with self._conn() as conn:
             with conn.transaction():
                 pg_rows.lock_shared(conn)
-                pg_rows.check_model(conn, self._binding, self._location)
+                _, projection_id = pg_rows.state(conn, self._binding, self._location)
                 if check_new:
                     present = pg_rows.known_ids(conn, batch.ids)
                     if present:
                         raise ValueError(
                             f"{len(present)} id(s) already stored, e.g. {sorted(present)[0]}"
                         )
-                projection = self._projections.get(conn, pg_rows.state(conn)[2])
+                projection = self._projections.get(conn, projection_id)
                 count = pg_rows.insert(conn, batch, images, projection)
             if projection is None and count > self.exact_max:
                 self._ensure_projection(conn)
@@ -391,8 +391,7 @@ class PgGallery:
         exact scan."""
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            pg_rows.check_model(conn, self._binding, self._location)
-            count, _, projection_id = pg_rows.state(conn)
+            count, projection_id = pg_rows.state(conn, self._binding, self._location)
             use = projection_id is not None and count > self.exact_max
             yield self._projections.get(conn, projection_id) if use else None
 

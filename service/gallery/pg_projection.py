@@ -128,13 +128,19 @@ class ProjectionCache:
 
 def ensure(conn: psycopg.Connection, exact_max: int, cache: ProjectionCache) -> bool:
     """Make the projection if the gallery holds more than `exact_max` items and has none, in
-    one transaction under the exclusive projection lock; True if this call made it."""
+    one transaction under the exclusive projection lock (looked at without the lock first:
+    opening a replica does not wait for inserts in flight); True if this call made it."""
+
+    def needed() -> tuple[bool, str]:
+        count, sha = conn.execute("SELECT item_count, model_sha256 FROM gallery_meta").fetchone()
+        return count > exact_max and current_id(conn) is None, sha
+
+    if not needed()[0]:
+        return False
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_SPACE, PROJECTION_LOCK))
-        count, model_sha256 = conn.execute(
-            "SELECT item_count, model_sha256 FROM gallery_meta"
-        ).fetchone()
-        if count <= exact_max or current_id(conn) is not None:
+        wanted, model_sha256 = needed()
+        if not wanted:  # another replica made it meanwhile
             return False
         build(conn, model_sha256, cache)
     return True

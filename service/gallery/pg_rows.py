@@ -50,23 +50,22 @@ def lock_exclusive(conn: psycopg.Connection) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", (LOCK_SPACE, PROJECTION_LOCK))
 
 
-def state(conn: psycopg.Connection) -> tuple[int, str, int | None]:
-    """(item count, model sha256, projection id or None), read in one statement."""
-    return conn.execute(
-        "SELECT item_count, model_sha256, (SELECT max(projection_id) FROM gallery_projection)"
-        " FROM gallery_meta"
-    ).fetchone()
+def state(
+    conn: psycopg.Connection, binding: ModelBinding | None = None, location: str = ""
+) -> tuple[int, int | None]:
+    """(item count, projection id or None), read in one statement.
 
-
-def check_model(conn: psycopg.Connection, binding: ModelBinding, location: str) -> None:
-    """GalleryModelMismatchError if another replica re-bound the gallery to another model
-    (`alexnet reindex`) since this one opened it."""
-    model_id, model_sha256 = conn.execute(
-        "SELECT model_id, model_sha256 FROM gallery_meta"
+    With `binding`: GalleryModelMismatchError if the gallery is now bound to another model
+    (another replica ran `alexnet reindex` since this one opened it).
+    """
+    count, model_id, model_sha256, projection_id = conn.execute(
+        "SELECT item_count, model_id, model_sha256,"
+        " (SELECT max(projection_id) FROM gallery_projection) FROM gallery_meta"
     ).fetchone()
-    if model_sha256 != binding.model_sha256:
+    if binding is not None and model_sha256 != binding.model_sha256:
         stored = ModelBinding(model_id, model_sha256, binding.dim)
         raise mismatch(location, stored, binding.model_id, binding.model_sha256)
+    return count, projection_id
 
 
 def count(conn: psycopg.Connection) -> int:

@@ -43,9 +43,12 @@ def nearest(
         ).fetchall()
     else:
         n = candidates(limit)
-        conn.execute("SELECT set_config('hnsw.ef_search', %s, true)", (str(min(n, EF_SEARCH_MAX)),))
         # Past ef_search, pgvector 0.8 goes on scanning instead of stopping short.
-        conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true)")
+        conn.execute(
+            "SELECT set_config('hnsw.ef_search', %s, true),"
+            " set_config('hnsw.iterative_scan', 'relaxed_order', true)",
+            (str(min(n, EF_SEARCH_MAX)),),
+        )
         reduced = projection.apply(query[None, :])[0]
         rows = conn.execute(
             "SELECT id, label, metadata, d FROM ("
