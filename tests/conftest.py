@@ -68,11 +68,14 @@ def postgres(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture
-def pg_url(postgres, request: pytest.FixtureRequest) -> str:
-    """The URL of a new, empty database on the session's PostgreSQL, one per test."""
+def pg_url(postgres, request: pytest.FixtureRequest):
+    """The URL of a new, empty database on the session's PostgreSQL, one per test, dropped
+    after it (a cluster of hundreds of databases takes long to checkpoint at shutdown)."""
     import hashlib
 
     name = "t_" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
     if not postgres.running:  # a test stopped it
         postgres.start()
-    return postgres.create_database(name)
+    yield postgres.create_database(name)
+    if postgres.running:
+        postgres.drop_database(name)

@@ -1,4 +1,9 @@
-"""The gallery: storage round trips, exact Euclidean search, durability, model binding."""
+"""The gallery: storage round trips, exact Euclidean search, durability, model binding.
+
+Most tests run against both backends (`location`: a folder, or a database on the session's
+real PostgreSQL + pgvector); those about files, the folder lock and crashes of a writer
+process are the folder's own. PostgreSQL's own tests are in test_gallery_postgres.py.
+"""
 
 from __future__ import annotations
 
@@ -15,10 +20,12 @@ import pytest
 
 from service.gallery import (
     Gallery,
+    GalleryBackend,
     GalleryLockedError,
     GalleryModelMismatchError,
     NewItem,
     StoredImage,
+    open_gallery,
     stored_model,
 )
 
@@ -52,25 +59,43 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "gallery"
 
 
+@pytest.fixture(params=["folder", "postgres"])
+def location(request: pytest.FixtureRequest, root: Path) -> Path | str:
+    """Where a test's gallery lives: a folder, or a fresh PostgreSQL database's URL."""
+    return root if request.param == "folder" else request.getfixturevalue("pg_url")
+
+
+def open_at(location: Path | str, model: dict = MODEL_A) -> GalleryBackend:
+    return open_gallery(location, **model)
+
+
+def _folder_files(location: Path | str) -> list[str] | None:
+    """The image files of a folder gallery; None for a database (no files)."""
+    return _files(location) if isinstance(location, Path) else None
+
+
 @pytest.fixture
-def gallery(root: Path) -> Iterator[Gallery]:
-    with Gallery.open(root, **MODEL_A) as g:
+def gallery(location: Path | str) -> Iterator[GalleryBackend]:
+    with open_at(location) as g:
         yield g
 
 
-def test_add_get_list_remove_round_trip(gallery: Gallery, root: Path) -> None:
+def test_add_get_list_remove_round_trip(gallery: GalleryBackend, location: Path | str) -> None:
+    folder = location if isinstance(location, Path) else None
     vectors = _vectors(5)
     new = [_new(v, i) for i, v in enumerate(vectors)]
     ids = gallery.add(new)
     assert len(ids) == 5 and len(set(ids)) == 5 and len(gallery) == 5
     assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in ids)
-    assert (root / "gallery.sqlite3").is_file()
+    if folder:
+        assert (folder / "gallery.sqlite3").is_file()
 
     item = gallery.get(ids[2])
     assert item is not None and item.vector is None
     assert (item.id, item.label, item.metadata) == (ids[2], "class2", new[2].metadata)
     assert item.image_ext == ".jpg"
-    assert (root / "images" / f"{ids[2]}.jpg").read_bytes() == new[2].image_bytes
+    if folder:
+        assert (folder / "images" / f"{ids[2]}.jpg").read_bytes() == new[2].image_bytes
     assert gallery.image(ids[2]) == StoredImage(new[2].image_bytes, ".jpg")
     assert item.created_at and len(item.image_sha256 or "") == 64
     full = gallery.get(ids[2], with_vector=True)
@@ -82,14 +107,15 @@ def test_add_get_list_remove_round_trip(gallery: Gallery, root: Path) -> None:
 
     assert gallery.remove(ids[1]) is True
     assert gallery.get(ids[1]) is None and gallery.image(ids[1]) is None
-    assert not (root / "images" / f"{ids[1]}.jpg").exists()
+    if folder:
+        assert not (folder / "images" / f"{ids[1]}.jpg").exists()
     assert gallery.remove(ids[1]) is False
     items, total = gallery.list()
     assert total == 4 and [i.id for i in items] == [ids[0], *ids[2:]]
     assert len(gallery) == 4
 
 
-def test_list_pages_in_insertion_order(gallery: Gallery) -> None:
+def test_list_pages_in_insertion_order(gallery: GalleryBackend) -> None:
     ids = gallery.add([_new(v, i) for i, v in enumerate(_vectors(7))])
     ids += gallery.add([_new(v, i) for i, v in enumerate(_vectors(5, seed=1))])
     pages = [gallery.list(offset, 5) for offset in (0, 5, 10, 15)]
@@ -100,14 +126,14 @@ def test_list_pages_in_insertion_order(gallery: Gallery) -> None:
         gallery.list(-1, 5)
 
 
-def test_label_none_and_empty_metadata(gallery: Gallery) -> None:
+def test_label_none_and_empty_metadata(gallery: GalleryBackend) -> None:
     [item_id] = gallery.add([NewItem(b"png", ".PNG", _vectors(1)[0])])
     item = gallery.get(item_id)
     assert item is not None
     assert (item.label, item.metadata, item.image_ext) == (None, {}, ".png")
 
 
-def test_search_distances_are_euclidean(gallery: Gallery) -> None:
+def test_search_distances_are_euclidean(gallery: GalleryBackend) -> None:
     vectors = _vectors(30)
     ids = gallery.add([_new(v, i) for i, v in enumerate(vectors)])
     query = _vectors(1, seed=99)[0]
@@ -128,7 +154,7 @@ def test_search_distances_are_euclidean(gallery: Gallery) -> None:
         assert first.id == ids[i] and first.distance == pytest.approx(0.0, abs=1e-3)
 
 
-def test_search_edges(gallery: Gallery) -> None:
+def test_search_edges(gallery: GalleryBackend) -> None:
     query = _vectors(1, seed=5)[0]
     assert gallery.search(query, k=5) == []
     ids = gallery.add([_new(v, i) for i, v in enumerate(_vectors(4))])
@@ -147,14 +173,14 @@ def test_search_edges(gallery: Gallery) -> None:
         gallery.search(query, k=0)
 
 
-def test_exclude_self_with_an_exact_duplicate(gallery: Gallery) -> None:
+def test_exclude_self_with_an_exact_duplicate(gallery: GalleryBackend) -> None:
     vector = _vectors(1)[0]
     first, twin = gallery.add([_new(vector, 0), _new(vector, 1)])
     neighbors = gallery.search_by_id(first, k=1, exclude_self=True)
     assert neighbors is not None and [n.id for n in neighbors] == [twin]
 
 
-def test_remove_takes_effect_immediately(gallery: Gallery) -> None:
+def test_remove_takes_effect_immediately(gallery: GalleryBackend) -> None:
     vectors = _vectors(6)
     ids = gallery.add([_new(v, i) for i, v in enumerate(vectors)])
     assert gallery.search(vectors[3], k=1)[0].id == ids[3]
@@ -165,14 +191,14 @@ def test_remove_takes_effect_immediately(gallery: Gallery) -> None:
     assert gallery.remove(ids[3]) is False
 
 
-def test_reopen_gives_same_items_and_results(root: Path) -> None:
+def test_reopen_gives_same_items_and_results(location: Path | str) -> None:
     vectors, query = _vectors(12), _vectors(1, seed=3)[0]
-    with Gallery.open(root, **MODEL_A) as g:
+    with open_at(location) as g:
         ids = g.add([_new(v, i) for i, v in enumerate(vectors)])
         g.remove(ids[4])
         before = g.search(query, k=20)
         listed = g.list()
-    with Gallery.open(root, **MODEL_A) as g:
+    with open_at(location) as g:
         assert len(g) == 11 and g.list() == listed
         assert g.search(query, k=20) == before
         assert g.model_id == "synth:1" and g.model_sha256 == "a" * 64
@@ -222,26 +248,27 @@ def test_orphan_image_files_are_removed_at_open(root: Path) -> None:
         assert g.get(kept) is not None
 
 
-def test_model_binding(root: Path) -> None:
-    with Gallery.open(root, **MODEL_A) as g:
+def test_model_binding(location: Path | str) -> None:
+    assert stored_model(location) is None  # no gallery there yet
+    with open_at(location) as g:
         g.add([_new(_vectors(1)[0])])
     with pytest.raises(GalleryModelMismatchError) as err:
-        Gallery.open(root, **MODEL_B)
+        open_at(location, MODEL_B)
     message = str(err.value)
-    for part in ("synth:1", "synth:2", "alexnet reindex", "another gallery folder"):
+    kind = "folder" if isinstance(location, Path) else "database"
+    for part in ("synth:1", "synth:2", "alexnet reindex", f"another gallery {kind}"):
         assert part in message
     assert isinstance(err.value, RuntimeError)
     # The failed open released the folder; the same model reopens fine.
-    with Gallery.open(root, **MODEL_A) as g:
+    with open_at(location) as g:
         assert len(g) == 1
-    binding = stored_model(root)
+    binding = stored_model(location)
     assert binding is not None and (binding.model_id, binding.dim) == ("synth:1", DIM)
-    assert stored_model(root.parent / "nowhere") is None
 
 
-def test_replace_vectors_switches_model(root: Path) -> None:
+def test_replace_vectors_switches_model(location: Path | str) -> None:
     old, new = _vectors(5), _vectors(5, seed=1)
-    with Gallery.open(root, **MODEL_A) as g:
+    with open_at(location) as g:
         ids = g.add([_new(v, i) for i, v in enumerate(old)])
         images = dict(g.iter_images())
         assert list(images) == ids
@@ -256,8 +283,8 @@ def test_replace_vectors_switches_model(root: Path) -> None:
         assert hit.id == ids[2] and hit.distance == pytest.approx(0.0, abs=1e-3)
         assert g.search(old[2], k=1)[0].distance > 1.0
     with pytest.raises(GalleryModelMismatchError):
-        Gallery.open(root, **MODEL_A)
-    with Gallery.open(root, **MODEL_B) as g:
+        open_at(location)
+    with open_at(location, MODEL_B) as g:
         stored = g.get(ids[3], with_vector=True)
         assert stored is not None and stored.vector is not None
         np.testing.assert_array_equal(stored.vector, new[3])
@@ -279,23 +306,25 @@ BAD_ITEMS = {
 
 
 @pytest.mark.parametrize("bad", BAD_ITEMS.values(), ids=BAD_ITEMS.keys())
-def test_invalid_batch_writes_nothing(gallery: Gallery, root: Path, bad: dict) -> None:
+def test_invalid_batch_writes_nothing(
+    gallery: GalleryBackend, location: Path | str, bad: dict
+) -> None:
     vectors = _vectors(3)
     gallery.add([_new(vectors[0])])
-    files_before = _files(root)
+    files_before = _folder_files(location)
     # The bad item last: the good ones before it must not be written either.
     batch = [_new(vectors[1], 1), _new(vectors[2], 2), replace(_new(vectors[2], 3), **bad)]
     with pytest.raises(ValueError):
         gallery.add(batch)
     assert len(gallery) == 1 and gallery.list()[1] == 1
-    assert _files(root) == files_before
+    assert _folder_files(location) == files_before
 
 
 @pytest.mark.parametrize(
     "bad_id",
     ["../../etc/passwd", "1 OR 1=1", "' OR '1'='1", "", "A" * 32, "0" * 31, "0" * 32 + "\n", None],
 )
-def test_malformed_ids_are_not_found(gallery: Gallery, bad_id: str) -> None:
+def test_malformed_ids_are_not_found(gallery: GalleryBackend, bad_id: str) -> None:
     [item_id] = gallery.add([_new(_vectors(1)[0])])
     assert gallery.get(bad_id) is None
     assert gallery.image(bad_id) is None
@@ -304,18 +333,24 @@ def test_malformed_ids_are_not_found(gallery: Gallery, bad_id: str) -> None:
     assert gallery.get(item_id) is not None and len(gallery) == 1
 
 
-def test_folder_is_open_once(gallery: Gallery, root: Path) -> None:
-    with pytest.raises(GalleryLockedError):
-        Gallery.open(root, **MODEL_A)
-    gallery.close()
-    gallery.close()  # idempotent
-    with pytest.raises(RuntimeError, match="closed"):
-        gallery.list()
+def test_folder_is_open_once(root: Path) -> None:
+    with Gallery.open(root, **MODEL_A):
+        with pytest.raises(GalleryLockedError):
+            Gallery.open(root, **MODEL_A)
     with Gallery.open(root, **MODEL_A) as again:
         assert len(again) == 0
 
 
-def test_concurrent_adds_and_searches(gallery: Gallery) -> None:
+def test_closed_gallery_refuses_calls(gallery: GalleryBackend, location: Path | str) -> None:
+    gallery.close()
+    gallery.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        gallery.list()
+    with open_at(location) as again:
+        assert len(again) == 0
+
+
+def test_concurrent_adds_and_searches(gallery: GalleryBackend) -> None:
     vectors = _vectors(40)
     added: list[str] = []
     errors: list[BaseException] = []
@@ -347,7 +382,7 @@ def test_concurrent_adds_and_searches(gallery: Gallery) -> None:
         assert gallery.search(vectors[i], k=1)[0].distance == pytest.approx(0.0, abs=1e-3)
 
 
-def _fill(g: Gallery, vectors: np.ndarray, tag: int) -> list[str]:
+def _fill(g: GalleryBackend, vectors: np.ndarray, tag: int) -> list[str]:
     """`add_vectors` with a label and metadata per row, sharing one image file."""
     return g.add_vectors(
         vectors, image_bytes=b"\xff\xd8 shared %d" % tag, image_ext=".JPG",
@@ -356,10 +391,11 @@ def _fill(g: Gallery, vectors: np.ndarray, tag: int) -> list[str]:
     )  # fmt: skip
 
 
-def test_add_vectors_fills_rows_that_share_one_image_file(root: Path) -> None:
+def test_add_vectors_fills_rows_that_share_one_image(location: Path | str) -> None:
     own, first_fill, second_fill = _vectors(1, seed=10), _vectors(40, seed=11), _vectors(25, 12)
     query = _vectors(1, seed=13)[0]
-    with Gallery.open(root, **MODEL_A) as g:
+    folder = location if isinstance(location, Path) else None
+    with open_at(location) as g:
         [own_id] = g.add([_new(own[0])])
         first, second = _fill(g, first_fill, 1), _fill(g, second_fill, 2)
         ids, vectors = [own_id, *first, *second], np.concatenate([own, first_fill, second_fill])
@@ -373,7 +409,8 @@ def test_add_vectors_fills_rows_that_share_one_image_file(root: Path) -> None:
         assert g.image(second[3]) == StoredImage(b"\xff\xd8 shared 2", ".jpg")
         assert item.image_ext == ".jpg" and len(item.image_sha256 or "") == 64
         # One file per call, written once; it is what image and iter_images give.
-        assert len(_files(root)) == 3
+        if folder:
+            assert len(_files(folder)) == 3
         assert {g.image(i).data for i in first} == {b"\xff\xd8 shared 1"}
         assert {data for i, data in g.iter_images() if i in second} == {b"\xff\xd8 shared 2"}
 
@@ -388,14 +425,14 @@ def test_add_vectors_fills_rows_that_share_one_image_file(root: Path) -> None:
 
         # The shared file goes with the last of its rows, not before.
         assert g.remove(second[0]) and g.image(second[1]).data == b"\xff\xd8 shared 2"
-        assert len(_files(root)) == 3
+        assert _folder_files(location) is None or len(_files(folder)) == 3
         for item_id in second[1:]:
             assert g.remove(item_id)
-        assert len(_files(root)) == 2
+        assert _folder_files(location) is None or len(_files(folder)) == 2
 
     kept = [i for i in range(66) if ids[i] not in set(second)]
-    with Gallery.open(root, **MODEL_A) as g:  # the rows survive a reopen, the file is kept
-        assert len(g) == 41 and len(_files(root)) == 2
+    with open_at(location) as g:  # the rows survive a reopen, the file is kept
+        assert len(g) == 41 and (folder is None or len(_files(folder)) == 2)
         neighbors = g.search(query, k=41)
         want = sorted(kept, key=lambda i: expected[i])
         assert [n.id for n in neighbors] == [ids[i] for i in want]
@@ -417,13 +454,16 @@ BAD_FILLS = {
 
 
 @pytest.mark.parametrize("bad", BAD_FILLS.values(), ids=BAD_FILLS.keys())
-def test_invalid_fill_writes_nothing(gallery: Gallery, root: Path, bad: dict) -> None:
+def test_invalid_fill_writes_nothing(
+    gallery: GalleryBackend, location: Path | str, bad: dict
+) -> None:
     gallery.add([_new(_vectors(1)[0])])
-    files_before = _files(root)
+    files_before = _folder_files(location)
     fill = {"image_bytes": b"x", "image_ext": ".jpg", "labels": ["a", "b"]} | bad
     vectors = fill.pop("vectors", _vectors(2, seed=1))
     with pytest.raises(ValueError):
         gallery.add_vectors(vectors, **fill)
-    assert len(gallery) == 1 and gallery.list()[1] == 1 and _files(root) == files_before
+    assert len(gallery) == 1 and gallery.list()[1] == 1
+    assert _folder_files(location) == files_before
     empty = gallery.add_vectors(np.empty((0, DIM), np.float32), image_bytes=b"x", image_ext=".jpg")
-    assert empty == [] and _files(root) == files_before
+    assert empty == [] and _folder_files(location) == files_before and len(gallery) == 1
