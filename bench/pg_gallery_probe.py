@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import tempfile
 import time
@@ -154,6 +155,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--out", type=Path, default=Path("bench/results-pg/probe.json"))
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the build's breakdown
+    logging.getLogger("faiss").setLevel(logging.WARNING)
     server = None
     url = args.url
     if url is None:

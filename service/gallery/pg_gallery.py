@@ -48,6 +48,7 @@ from service.gallery.pg_pool import (
     ConnectionHealth,
     connect,
     make_pool,
+    reason,
     unavailable,
 )
 from service.gallery.pg_projection import ProjectionCache, build, drop, ensure
@@ -92,6 +93,8 @@ class PgGallery:
         Raises:
             GalleryModelMismatchError: the gallery holds vectors of another model.
             GalleryUnavailableError: the database cannot be reached.
+            RuntimeError: the schema cannot be set up (e.g. no right to create the vector
+                extension), or is newer than this code.
         """
         check_model(model_sha256, model_id)
         if dim < 1:
@@ -100,9 +103,16 @@ class PgGallery:
             raise ValueError(f"exact_max must be >= 0, got {exact_max}")
         binding, location = ModelBinding(model_id, model_sha256, dim), shown(url)
         with unavailable(url, location):
-            with connect(url) as conn, conn.transaction():
-                applied = migrate(conn, dim)
-                bind_model(conn, binding, location)
+            try:
+                with connect(url) as conn, conn.transaction():
+                    applied = migrate(conn, dim)
+                    bind_model(conn, binding, location)
+            except (psycopg.OperationalError, psycopg.InterfaceError):
+                raise  # unreachable: GalleryUnavailableError
+            except psycopg.Error as e:  # e.g. not allowed to create the vector extension
+                raise RuntimeError(
+                    f"gallery database {location}: schema not set up: {reason(e, url)}"
+                ) from None
             pool, health = make_pool(url, name=location)
         if applied:
             log.info("gallery %s: schema migrations %s applied", location, applied)
