@@ -160,9 +160,25 @@ def check_image(image_bytes: object, image_ext: object, what: str) -> tuple[byte
     return data, ext
 
 
+def has_nul(value: object) -> bool:
+    """True if a string, or any key or string inside a JSON value, holds a NUL character:
+    PostgreSQL's text and jsonb cannot store one, so neither backend takes it."""
+    level = [value]
+    while level:
+        strings = [v for v in level if isinstance(v, str)]
+        if any("\x00" in s for s in strings):
+            return True
+        level = [c for v in level if isinstance(v, dict) for c in (*v.keys(), *v.values())] + [
+            c for v in level if isinstance(v, list) for c in v
+        ]
+    return False
+
+
 def check_label(label: object, what: str) -> str | None:
     if label is not None and not isinstance(label, str):
         raise ValueError(f"{what}: label must be a string or None")
+    if label is not None and has_nul(label):
+        raise ValueError(f"{what}: label must not contain NUL characters")
     return label
 
 
@@ -170,6 +186,8 @@ def metadata_json(metadata: object, what: str) -> str:
     """The metadata dict as the JSON text stored in its row, or ValueError."""
     if not isinstance(metadata, dict):
         raise ValueError(f"{what}: metadata must be a dict (a JSON object)")
+    if has_nul(metadata):
+        raise ValueError(f"{what}: metadata must not contain NUL characters")
     try:
         return json.dumps(metadata, allow_nan=False, ensure_ascii=False)
     except (TypeError, ValueError) as e:

@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.deps import ApiKeyDep, EngineDep, GalleryDep, SettingsDep, StateDep
 from service.gallery import NewItem
+from service.gallery.items import has_nul
 from service.schemas import (
     AddResponse,
     GalleryItem,
@@ -63,6 +64,8 @@ def _parse_metadata(metadata: str | None, limit: int) -> dict:
         raise HTTPException(422, f"metadata is not valid JSON: {e}") from None
     if not isinstance(value, dict):
         raise HTTPException(422, "metadata must be a JSON object")
+    if has_nul(value):
+        raise HTTPException(422, "metadata must not contain NUL characters (\\u0000)")
     if _depth(value) > MAX_METADATA_DEPTH:
         raise HTTPException(422, f"metadata is nested deeper than {MAX_METADATA_DEPTH} levels")
     return value
@@ -102,7 +105,10 @@ async def add(
     image: Annotated[
         list[UploadFile], File(min_length=1, description="one or more images (repeat the part)")
     ],
-    label: Annotated[str | None, Form(max_length=200, description="label of every image")] = None,
+    label: Annotated[
+        str | None,
+        Form(max_length=200, pattern=r"^[^\x00]*$", description="label of every image (no NUL)"),
+    ] = None,
     metadata: Annotated[
         str | None, Form(description="a JSON object stored with every image")
     ] = None,

@@ -463,7 +463,16 @@ def corpus() -> list[Case]:
             "metadata-non-utf8-read-as-latin1", 201, field_part(b"metadata", b'{"a": "caf\xe9"}')
         ),
         gallery_case("label-non-utf8-read-as-latin1", 201, field_part(b"label", b"caf\xe9\xff")),
-        gallery_case("label-with-nul-and-newline", 201, field_part(b"label", b"a\x00b\r\nc")),
+        gallery_case("label-with-newlines", 201, field_part(b"label", b"a b\r\nc")),
+        # PostgreSQL's text and jsonb cannot hold NUL: refused alike on both backends
+        gallery_case("label-with-nul", 422, field_part(b"label", b"a\x00b")),
+        gallery_case(
+            "metadata-with-nul",
+            422,
+            field_part(b"metadata", b'{"a": ["x\\u0000y"]}'),
+            fragment="NUL",
+        ),  # fmt: skip
+        gallery_case("metadata-key-with-nul", 422, field_part(b"metadata", b'{"\\u0000": 1}')),
     ]
 
 
