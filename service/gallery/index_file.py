@@ -100,9 +100,7 @@ def read_index_file(path: Path) -> tuple[IndexStamp, np.ndarray]:
 
 
 def remove_index_file(root: Path) -> bool:
-    """Remove the index file (durably) and any temporary files a crashed write left;
-    True if there was an index file."""
-    remove_leftovers(root)
+    """Remove the index file, durably; True if there was one."""
     path = root / INDEX_FILE
     existed = path.exists()
     path.unlink(missing_ok=True)

@@ -62,9 +62,6 @@ class GalleryIndex:
             a compressed index re-ranks with).
         exact_max: up to this many items the index is exact.
         lock: the gallery's lock (a background write of the index file takes it).
-
-    Attributes:
-        source: how `load` made the index: "built" from the rows or read from the "file".
     """
 
     def __init__(self, rows: SqliteRows, exact_max: int, lock: threading.Lock) -> None:
@@ -72,7 +69,6 @@ class GalleryIndex:
         self._index: Index = ExactIndex(rows.dim)
         self._in_sync = True  # False once an update after a commit failed: never persisted
         self._saver = IndexSaver(rows.root, lock, self._snapshot)
-        self.source = "built"
 
     @property
     def kind(self) -> str:
@@ -96,14 +92,14 @@ class GalleryIndex:
         restored = self._restore(count) if self.wants_compressed(count) else None
         if restored is not None:
             self._index, self._saver.on_disk = restored.index, restored.stamp.changes
-            self._in_sync, self.source = True, "file"
+            self._in_sync = True
             self.rows.prune_deleted(restored.stamp.changes)  # no file needs older deletes
             return self.rows.image_files()
         if self._saver.discard():
             log.info("gallery %s: removed the index file", self.rows.root)
         self.rows.prune_deleted(self.rows.version().changes)
         self._index, known = self._build()
-        self._in_sync, self.source = True, "built"
+        self._in_sync = True
         return known
 
     def save_soon(self) -> None:
