@@ -127,6 +127,7 @@ class RowsVersion:
 
 
 def rows_version(db: sqlite3.Connection) -> RowsVersion:
+    """The rows' `RowsVersion` (inside a transaction or not)."""
     meta = dict(db.execute(
         "SELECT key, value FROM meta WHERE key IN ('uid', 'changes', 'vectors_at', 'last_rowid')"
     ).fetchall())  # fmt: skip
