@@ -4,9 +4,10 @@ built or brought up to date (`soon`), and by `close` (`save`), before the folder
 A snapshot - the index's bytes and the stamp of what it reflects - is taken under the
 gallery's lock, where every write commits its rows and updates the index, so the two match
 exactly; the file is written outside the lock, so searches wait for the copy in memory
-(some 0.1 s a 100 MB), never for the disk. One background write at a time: a request made
-while one runs gets one more write after it. A failed write is logged and leaves the old
-file, which still fits the rows up to its stamp (`index_restore` catches up from there).
+(0.8 s for the 257 MB of 1M items on 2 busy cores), never for the disk. One background
+write at a time: a request made while one runs gets one more write after it. A failed
+write is logged and leaves the old file, which still fits the rows up to its stamp
+(`index_restore` catches up from there).
 """
 
 from __future__ import annotations
