@@ -197,6 +197,10 @@ def similar(args: argparse.Namespace, store: Path, model: str) -> list[dict]:
                        ready_s=ready_s, server_rss_mb=similarity.rss_mb(proc.pid))  # fmt: skip
             similar_post = throughput.load(url, "/similar", photos.photo_jpegs("500x375", 4), 1, 20)
             row["post_similar_p50_ms"] = similar_post["p50_ms"]
+            stop = time.perf_counter()
+        row["stop_s"] = time.perf_counter() - stop  # SIGTERM: the gallery writes its index
+        row.update(similarity.restart(store, root, truth, args.port or free_port(),
+                                      args.work / "server.log", env))  # fmt: skip
         log.info("similar: %s", row)
         out.append(row)
         similarity.remove(root)

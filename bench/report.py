@@ -37,8 +37,8 @@ def summary(res: dict) -> dict:
     return out
 
 
-def _f(x: float, digits: int = 1) -> str:
-    return f"{x:,.{digits}f}"
+def _f(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
 
 
 def table(res: dict) -> str:
@@ -95,13 +95,15 @@ def table(res: dict) -> str:
     if res.get("similar"):
         lines += ["Similarity search, `GET /gallery/{id}/similar?k=10` (int8 model):", "",
                   "| gallery | index | p50 ms | p95 ms | recall@10 | server RSS MB | "
-                  "ready after s | `POST /similar` p50 ms |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+                  "ready after s: first start | stop s | restart | recall@10 after restart | "
+                  "`POST /similar` p50 ms |",
+                  "|" + " --- |" * 11]  # fmt: skip
         for r in res["similar"]:
             lines.append(
                 f"| {r['size']:,} | {r.get('index', '-')} | {_f(r['p50_ms'])} | {_f(r['p95_ms'])}"
-                f" | {r['recall_at_10']:.3f} | {_f(r['server_rss_mb'], 0)} | {_f(r['ready_s'], 0)}"
-                f" | {_f(r['post_similar_p50_ms'])} |"
+                f" | {r['recall_at_10']:.3f} | {_f(r['server_rss_mb'], 0)} | {_f(r['ready_s'], 1)}"
+                f" | {_f(r.get('stop_s'), 1)} | {_f(r.get('restart_ready_s'), 1)}"
+                f" | {_f(r.get('restart_recall_at_10'), 3)} | {_f(r['post_similar_p50_ms'])} |"
             )
         lines.append("")
     if res.get("loader"):

@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from alexnet.local_server import serve
 from service.gallery import Gallery
 
 CHUNK = 8192  # vectors per `add_vectors` call (one transaction, one shared image file)
@@ -108,6 +109,18 @@ def measure(url: str, truth: dict, k: int = 10, warmup: int = 20) -> dict:
     return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
             "p99_ms": float(np.percentile(ms, 99)), "recall_at_10": float(np.mean(recalls)),
             "queries": len(recalls)}  # fmt: skip
+
+
+def restart(store: Path, root: Path, truth: dict, port: int, log: Path, env: dict) -> dict:
+    """Start the server again on the gallery a first one left at its graceful stop: how
+    soon it is ready (the index read back from gallery.faiss, not rebuilt) and whether it
+    answers as well."""
+    start = time.perf_counter()
+    with serve(store, root, port=port, log=log, timeout=1800, **env) as server:
+        ready_s = time.perf_counter() - start
+        again = measure(server.url, truth)
+    return {"restart_ready_s": ready_s, "restart_p50_ms": again["p50_ms"],
+            "restart_recall_at_10": again["recall_at_10"]}  # fmt: skip
 
 
 def remove(root: Path) -> None:

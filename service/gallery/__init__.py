@@ -1,15 +1,23 @@
 """A durable gallery of images and their FC7 vectors, searched by Euclidean distance.
 
     root/
-      gallery.sqlite3     items (id, label, metadata, image file, sha256, vector) + meta (model)
+      gallery.sqlite3     items (id, label, metadata, image file, sha256, vector), meta (model,
+                          change count), deleted (the rowids deleted, by change)
+      gallery.faiss       the compressed index and the change count it reflects (none while
+                          the index is exact)
       gallery.lock        held (flock) while a process has the gallery open
       images/<id><ext>    the uploaded bytes, as uploaded
 
 SQLite is the source of truth; the FAISS index (FAISS id = SQLite rowid) is an in-memory copy
-rebuilt at open: exact (`IDMap2,Flat`) while the gallery holds at most `exact_max` items,
+made at open: exact (`IDMap2,Flat`) while the gallery holds at most `exact_max` items,
 above that a compressed one (`vector_index.CompressedIndex`: PCA + IVF + 8-bit codes,
 candidates re-ranked by their exact distance from the vectors in SQLite). The switch happens
-at open or when an add crosses the size; a delete takes effect in either.
+at open or when an add crosses the size; a delete takes effect in either. The exact index is
+rebuilt from the rows at open (a second at most); the compressed one is persisted in
+gallery.faiss (after a build, in the background, and at close) and at open read back and
+brought up to date with the rows committed since (every write counts one change, deletes
+are logged, rowids never reused), unless it does not fit them (another model, vectors
+replaced, damaged, lists too few): then it is rebuilt, so the file only ever saves time.
 
 An image file is written and fsynced before its row is committed, so an item that `add`
 returned survives a crash; a file without a row is removed at the next open. The rows of one
@@ -27,6 +35,9 @@ One module per job, `Gallery` (facade.py) wiring them:
     batches.py       what an add writes (checked rows, vectors, files) and in which order
     index_policy.py  the live index: exact or compressed, when it switches, how it trains
     vector_index.py  ExactIndex and CompressedIndex (FAISS)
+    index_file.py    gallery.faiss: the stamp and the FAISS bytes, checksummed, written whole
+    index_restore.py whether the file serves at open, and its catch-up with the rows
+    index_saver.py   when the file is written: in the background after a build, at close
     search.py        a query answered: index hits -> `Neighbor`s
 
 Example:

@@ -54,8 +54,8 @@ class Gallery:
         """Internal: use `Gallery.open`."""
         self.root, self.images_dir, self.exact_max = root, files.folder, exact_max
         self._folder_lock, self._rows, self._files = folder_lock, rows, files
-        self._index = GalleryIndex(rows, exact_max)
         self._lock = threading.Lock()
+        self._index = GalleryIndex(rows, exact_max, self._lock)
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -98,6 +98,7 @@ class Gallery:
                 fsync_path(folder)
             gallery = cls(root, folder_lock, rows, files, exact_max)
             files.sweep(gallery._index.load())  # remove image files without a row
+            gallery._index.save_soon()  # the index file, if it is behind (in the background)
         except BaseException:
             if rows is not None:
                 rows.close()
@@ -110,10 +111,13 @@ class Gallery:
         return gallery
 
     def close(self) -> None:
-        """Close the database and release the folder; further calls raise RuntimeError."""
+        """Write the index file if it is behind, close the database and release the
+        folder; further calls raise RuntimeError."""
+        self._index.stop_saving()  # outside the lock: a background write takes it
         with self._lock:
             if self._rows.closed:
                 return
+            self._index.save()
             self._rows.close()
             self._folder_lock.release()
             self._index.clear()

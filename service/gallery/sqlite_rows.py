@@ -1,8 +1,9 @@
 """The gallery's rows: the statements on the `items` table (see `sqlite_db` for the rest).
 
 Readers return tuples whose first column is the rowid (the FAISS id); vectors are stored as
-little-endian float32 blobs. Every write is one transaction. `SqliteRows` is not
-thread-safe: the gallery's lock serialises its calls.
+little-endian float32 blobs. Every write is one transaction that also counts one change
+(`sqlite_db.bump`); a delete logs its rowid in `deleted` in the same transaction. Rowids are
+never reused. `SqliteRows` is not thread-safe: the gallery's lock serialises its calls.
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ import numpy as np
 
 from core.constants import GALLERY_DB_FILE
 from service.gallery.items import ModelBinding
-from service.gallery.sqlite_db import connect, set_meta, transaction
+from service.gallery.sqlite_db import (
+    RowsVersion,
+    bump,
+    connect,
+    rows_version,
+    set_meta,
+    transaction,
+)
 
 READ_CHUNK = 1024  # rows per query when reading every row (16 MB of 4096-d vectors)
 SQL_VARS_CHUNK = 500  # old SQLite builds allow only 999 bound parameters per statement
@@ -84,7 +92,7 @@ class SqliteRows:
         return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
 
     def chunks(
-        self, columns: str, guard: AbstractContextManager = _NO_GUARD
+        self, columns: str, guard: AbstractContextManager = _NO_GUARD, after: int = 0
     ) -> Iterator[list[tuple]]:
         """Every row as (rowid, *columns), in rowid order, READ_CHUNK rows at a time.
 
@@ -92,8 +100,9 @@ class SqliteRows:
             columns: a constant of this package (e.g. "image_file, vector"), never input.
             guard: held while each chunk is read, not while it is used (the gallery's lock,
                 for a reader that lets writers in between chunks).
+            after: only the rows above this rowid.
         """
-        last = 0
+        last = after
         while True:
             with guard:
                 rows = self.db.execute(
@@ -136,6 +145,23 @@ class SqliteRows:
         """(the rowids found, their vectors): the `fetch` of a compressed index."""
         vectors, found = self.stack(self.by_rowids("vector", rowids))
         return found, vectors
+
+    def version(self) -> RowsVersion:
+        """Where the rows stand: uid, change count, last replace_vectors, last rowid."""
+        return rows_version(self.db)
+
+    def count_after(self, rowid: int) -> int:
+        """How many rows lie above this rowid (added after it was the last)."""
+        return self.db.execute("SELECT COUNT(*) FROM items WHERE rowid > ?", (rowid,)).fetchone()[0]
+
+    def deleted_since(self, changes: int) -> np.ndarray:
+        """The rowids deleted by the changes after `changes`."""
+        rows = self.db.execute("SELECT rowid FROM deleted WHERE at_change > ?", (changes,))
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def image_files(self) -> set[str]:
+        """The image files the rows name (read from the image_file index, not the rows)."""
+        return {r[0] for r in self.db.execute("SELECT DISTINCT image_file FROM items")}
 
     def rowids(self) -> np.ndarray:
         return np.array([r[0] for r in self.db.execute("SELECT rowid FROM items")], np.int64)
@@ -200,14 +226,17 @@ class SqliteRows:
             vectors: (len(rows), dim) float32, their vectors.
         """
         with transaction(self.db) as db:
-            # SQLite's own choice made explicit: one more than the largest rowid.
-            first = db.execute("SELECT COALESCE(MAX(rowid), 0) + 1 FROM items").fetchone()[0]
+            # One more than the largest rowid ever given: a deleted one is never reused.
+            largest = db.execute("SELECT COALESCE(MAX(rowid), 0) FROM items").fetchone()[0]
+            first = max(largest, rows_version(db).last_rowid) + 1
             db.executemany(
                 "INSERT INTO items (rowid, id, label, metadata, created_at, image_file, "
                 "image_sha256, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 ((first + i, *row, vector_blob(vector))
                  for i, (row, vector) in enumerate(zip(rows, vectors, strict=True))),
             )  # fmt: skip
+            bump(db)
+            set_meta(db, {"last_rowid": str(first + len(rows) - 1)})
         return np.arange(first, first + len(rows), dtype=np.int64)
 
     def delete(self, id: str) -> tuple[int, str | None] | None:
@@ -219,6 +248,9 @@ class SqliteRows:
                 return None
             rowid, image_file = row
             db.execute("DELETE FROM items WHERE rowid = ?", (rowid,))
+            db.execute(
+                "INSERT OR REPLACE INTO deleted (rowid, at_change) VALUES (?, ?)", (rowid, bump(db))
+            )
             shared = db.execute(
                 "SELECT 1 FROM items WHERE image_file = ? LIMIT 1", (image_file,)
             ).fetchone()
@@ -236,5 +268,14 @@ class SqliteRows:
                     for rowid, v in zip(rowids.tolist(), vectors, strict=True)
                 ),
             )
-            set_meta(db, {"model_sha256": binding.model_sha256, "model_id": binding.model_id})
+            set_meta(db, {"model_sha256": binding.model_sha256, "model_id": binding.model_id,
+                          "vectors_at": str(bump(db))})  # fmt: skip
         self.binding = binding
+
+    def prune_deleted(self, changes: int) -> None:
+        """Forget the deletes up to change `changes` (no index file needs them any more)."""
+        if self.db.execute(
+            "SELECT 1 FROM deleted WHERE at_change <= ? LIMIT 1", (changes,)
+        ).fetchone():
+            with transaction(self.db) as db:
+                db.execute("DELETE FROM deleted WHERE at_change <= ?", (changes,))

@@ -11,6 +11,8 @@
 
 Both take int64 ids (the gallery's SQLite rowids) and answer `search` with (id, squared
 distance) pairs, nearest first. Neither is thread-safe: the gallery's lock serialises them.
+A compressed index goes to bytes and back (`to_bytes`, `from_bytes`: FAISS's own
+serialisation, what `write_index` / `read_index` write) to be persisted (`index_file`).
 """
 
 from __future__ import annotations
@@ -109,7 +111,8 @@ class CompressedIndex:
         fetch: reads full vectors by id for the re-ranking.
         sample: (m, dim) vectors that train the PCA and the lists (m >= MIN_TRAIN).
         more: further (j, dim) chunks that train the lists only, projected as they come.
-        expected: how many vectors the index will hold (sizes the inverted file).
+        expected: how many vectors the index will hold (sizes the inverted file; kept as
+            `expected`, which says when the lists are too few for the vectors held).
         nprobe: lists visited per query.
         rerank: candidates re-ranked exactly per query.
     """
@@ -130,19 +133,65 @@ class CompressedIndex:
         sample = _as_matrix(sample, dim)
         if len(sample) < MIN_TRAIN:
             raise ValueError(f"a compressed index needs >= {MIN_TRAIN} training vectors")
-        self.dim, self.fetch, self.rerank = dim, fetch, rerank
-        self.pca_dim = min(PCA_DIM, dim, len(sample) - 1)
-        # Kept as attributes: the pre-transform index only points at its parts.
+        pca_dim = min(PCA_DIM, dim, len(sample) - 1)
         step = max(1, len(sample) // PCA_SAMPLE)
-        self._pca = pca_transform(sample[::step][:PCA_SAMPLE], self.pca_dim)
+        pca = pca_transform(sample[::step][:PCA_SAMPLE], pca_dim)
         projected = np.concatenate(
-            [self._pca.apply(sample)] + [self._pca.apply(_as_matrix(c, dim)) for c in more]
+            [pca.apply(sample)] + [pca.apply(_as_matrix(c, dim)) for c in more]
         )
-        self.nlist = list_count(expected, len(projected))
-        self._ivf = faiss.index_factory(self.pca_dim, f"IVF{self.nlist},SQ8")
-        self._ivf.train(projected)
+        ivf = faiss.index_factory(pca_dim, f"IVF{list_count(expected, len(projected))},SQ8")
+        ivf.train(projected)
+        self._wire(dim, fetch, faiss.IndexPreTransform(pca, ivf), pca, ivf, expected, nprobe,
+                   rerank)  # fmt: skip
+
+    @classmethod
+    def from_bytes(
+        cls,
+        dim: int,
+        fetch: Fetch,
+        data: np.ndarray,
+        *,
+        expected: int,
+        nprobe: int = NPROBE,
+        rerank: int = RERANK,
+    ) -> CompressedIndex:
+        """The index that `to_bytes` made, with its vectors (ValueError if `data` holds
+        another kind of index or another `dim`; FAISS's RuntimeError if it is malformed).
+
+        Args:
+            expected: how many vectors its lists were sized for (see the class).
+        """
+        index = faiss.deserialize_index(np.ascontiguousarray(data, dtype=np.uint8))
+        parts = None
+        if isinstance(index, faiss.IndexPreTransform) and index.chain.size() == 1:
+            pca = faiss.downcast_VectorTransform(index.chain.at(0))
+            ivf = faiss.downcast_index(index.index)
+            if isinstance(pca, faiss.LinearTransform) and isinstance(
+                ivf, faiss.IndexIVFScalarQuantizer
+            ):
+                parts = pca, ivf
+        if parts is None or index.d != dim:
+            raise ValueError(f"not a {dim}-d PCA + IVF + SQ8 index: {type(index).__name__}")
+        self = cls.__new__(cls)
+        self._wire(dim, fetch, index, *parts, expected, nprobe, rerank)
+        return self
+
+    def _wire(
+        self,
+        dim: int,
+        fetch: Fetch,
+        index: faiss.IndexPreTransform,
+        pca: faiss.LinearTransform,
+        ivf: faiss.IndexIVFScalarQuantizer,
+        expected: int,
+        nprobe: int,
+        rerank: int,
+    ) -> None:
+        self.dim, self.fetch, self.rerank, self.expected = dim, fetch, rerank, expected
+        # Kept as attributes: `index` owns its parts (or, when built here, points at them).
+        self._index, self._pca, self._ivf = index, pca, ivf
+        self.pca_dim, self.nlist = int(ivf.d), int(ivf.nlist)
         self._ivf.nprobe = min(nprobe, self.nlist)
-        self._index = faiss.IndexPreTransform(self._pca, self._ivf)
 
     @property
     def ntotal(self) -> int:
@@ -182,6 +231,10 @@ class CompressedIndex:
         order = np.argsort(sq, kind="stable")[:n]
         return [(int(found[i]), float(sq[i])) for i in order]
 
+    def to_bytes(self) -> np.ndarray:
+        """The whole index (PCA matrix, centroids, codes, ids) as uint8, for `from_bytes`."""
+        return faiss.serialize_index(self._index)
+
     def memory_bytes(self) -> int:
         """Bytes of the serialised index (PCA matrix, centroids, codes, ids)."""
-        return int(faiss.serialize_index(self._index).nbytes)
+        return int(self.to_bytes().nbytes)
