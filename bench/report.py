@@ -94,16 +94,18 @@ def table(res: dict) -> str:
         lines.append("")
     if res.get("similar"):
         lines += ["Similarity search, `GET /gallery/{id}/similar?k=10` (int8 model):", "",
-                  "| gallery | index | p50 ms | p95 ms | recall@10 | server RSS MB | "
+                  "| backend | gallery | index | p50 ms | p95 ms | recall@10 | server RSS MB | "
                   "ready after s: first start | stop s | restart | recall@10 after restart | "
-                  "`POST /similar` p50 ms |",
-                  "|" + " --- |" * 11]  # fmt: skip
+                  "`POST /similar` p50 ms | `POST /gallery` items/s |",
+                  "|" + " --- |" * 13]  # fmt: skip
         for r in res["similar"]:
             lines.append(
-                f"| {r['size']:,} | {r.get('index', '-')} | {_f(r['p50_ms'])} | {_f(r['p95_ms'])}"
+                f"| {r.get('backend', 'folder')} | {r['size']:,} | {r.get('index', '-')}"
+                f" | {_f(r['p50_ms'])} | {_f(r['p95_ms'])}"
                 f" | {r['recall_at_10']:.3f} | {_f(r['server_rss_mb'], 0)} | {_f(r['ready_s'], 1)}"
                 f" | {_f(r.get('stop_s'), 1)} | {_f(r.get('restart_ready_s'), 1)}"
-                f" | {_f(r.get('restart_recall_at_10'), 3)} | {_f(r['post_similar_p50_ms'])} |"
+                f" | {_f(r.get('restart_recall_at_10'), 3)} | {_f(r['post_similar_p50_ms'])}"
+                f" | {_f(r.get('ingest_items_per_s'), 1)} |"
             )
         lines.append("")
     if res.get("loader"):
@@ -164,8 +166,11 @@ def plot(res: dict, path: Path) -> None:
 
 
 def _plot_similar(ax, sims: list[dict]) -> None:
-    ax.plot([r["size"] for r in sims], [r["p50_ms"] for r in sims], "o-", label="p50")
-    ax.plot([r["size"] for r in sims], [r["p95_ms"] for r in sims], "s--", label="p95")
+    for backend in dict.fromkeys(r.get("backend", "folder") for r in sims):
+        rows = [r for r in sims if r.get("backend", "folder") == backend]
+        sizes = [r["size"] for r in rows]
+        ax.plot(sizes, [r["p50_ms"] for r in rows], "o-", label=f"{backend} p50")
+        ax.plot(sizes, [r["p95_ms"] for r in rows], "s--", label=f"{backend} p95")
     for r in sims:
         ax.annotate(f"recall@10 {r['recall_at_10']:.3f}", (r["size"], r["p50_ms"]), fontsize=7)
     ax.set_xscale("log")

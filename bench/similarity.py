@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 
 from alexnet.local_server import serve
-from service.gallery import Gallery
+from service.gallery import open_gallery
 
 CHUNK = 8192  # vectors per `add_vectors` call (one transaction, one shared image file)
 IMAGE = b"\xff\xd8 bench"
@@ -47,19 +47,22 @@ class Synthesiser:
         return np.maximum(base + 0.5 * (z @ self.basis) + e, 0)
 
 
-def fill(root: Path, binding: dict, synth: Synthesiser, n: int, queries: int, k: int = 10) -> dict:
-    """Add `n` synthesised vectors to a new gallery at `root` and compute the exact top-k
-    (self excluded) of the first `queries` of them; returns the ground truth.
+def fill(
+    root: Path | str, binding: dict, synth: Synthesiser, n: int, queries: int, k: int = 10
+) -> dict:
+    """Add `n` synthesised vectors to a new gallery at `root` (a folder or a database URL)
+    and compute the exact top-k (self excluded) of the first `queries` of them; returns the
+    ground truth.
 
-    `Gallery.add_vectors`, one call per chunk: the rows of a chunk share one tiny image file
-    (the search never reads images), committed with the gallery's own durability.
+    `add_vectors`, one call per chunk: the rows of a chunk share one tiny image (the search
+    never reads images), committed with the gallery's own durability.
     """
     q = synth.chunk(0)[:queries].astype(np.float32)
     best_d = np.full((queries, k + 1), np.inf, dtype=np.float32)
     best_i = np.full((queries, k + 1), -1, dtype=np.int64)
     ids: list[str] = []
     start = time.perf_counter()
-    with Gallery.open(root, **binding) as g:
+    with open_gallery(root, **binding) as g:
         assert len(g) == 0, f"{root} is not empty"
         for c in range((n + CHUNK - 1) // CHUNK):
             x, first = synth.chunk(c)[: n - c * CHUNK], c * CHUNK
@@ -111,7 +114,7 @@ def measure(url: str, truth: dict, k: int = 10, warmup: int = 20) -> dict:
             "queries": len(recalls)}  # fmt: skip
 
 
-def restart(store: Path, root: Path, truth: dict, port: int, log: Path, env: dict) -> dict:
+def restart(store: Path, root: Path | str, truth: dict, port: int, log: Path, env: dict) -> dict:
     """Start the server again on the gallery a first one left at its graceful stop: how
     soon it is ready (the index read back from gallery.faiss, not rebuilt) and whether it
     answers as well."""
@@ -125,3 +128,12 @@ def restart(store: Path, root: Path, truth: dict, port: int, log: Path, env: dic
 
 def remove(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
+
+
+def ingest(url: str, jpegs: list[bytes], clients: int = 4, requests: int = 40) -> dict:
+    """POST /gallery through the API (decode, the model, the gallery's commit): items/s."""
+    from bench.throughput import load
+
+    row = load(url, "/gallery", jpegs, clients, requests, ok=201)
+    return {"ingest_items_per_s": row["images_per_s"], "ingest_p50_ms": row["p50_ms"],
+            "ingest_errors": row["errors"]}  # fmt: skip
