@@ -21,9 +21,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tests.nginx import Nginx
 
 from alexnet.local_server import Server
+from alexnet.main import main as cli
+from tests.nginx import Nginx
 from tests.service.conftest import API_KEY, SMALL_LIMITS, serve
 from tests.service.test_crash import Poster, distinct_image
 from tests.service.test_schema_fuzz import EXAMPLES, run_schemathesis
@@ -216,3 +217,17 @@ def test_schemathesis_against_a_database_backed_replica(cluster, tmp_path: Path)
     assert result["exit_code"] == 0, result["output"][-8000:]
     assert result["operations"]["tested"] == result["operations"]["total"] >= 12
     assert result["failures"] == [] and result["errors"] == []
+
+
+def test_alexnet_index_adds_to_the_database_while_replicas_serve_it(
+    cluster, exported: Path, synth_root: Path
+) -> None:
+    (a, _), lb, url = cluster
+    before = httpx.get(f"{lb.url}/gallery").json()["total"]
+    folder = synth_root / "val"
+    store = ["--store", str(exported.parent.parent), "--gallery", url, "--device", "cpu"]
+    assert cli(["index", str(folder), "--label-from-folder", *store]) == 0
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    assert httpx.get(f"{a.url}/gallery").json()["total"] - before == len(files) > 0
+    hit = nearest(lb.url, files[0].read_bytes())[0]
+    assert hit["label"] == files[0].parent.name and hit["distance"] < 1e-3
