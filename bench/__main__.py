@@ -259,11 +259,10 @@ def similar_at(args, store, synth, binding, backend: str, n: int, databases) -> 
                    server_rss_mb=similarity.rss_mb(proc.pid))  # fmt: skip
         jpegs = photos.photo_jpegs("500x375", 4)
         row["post_similar_p50_ms"] = throughput.load(url, "/similar", jpegs, 1, 20)["p50_ms"]
-        row.update(similarity.ingest(url, jpegs))
         stop = time.perf_counter()
     row["stop_s"] = time.perf_counter() - stop  # SIGTERM: the gallery writes its index
     row.update(similarity.restart(store, root, truth, args.port or free_port(),
-                                  args.work / "server.log", env))  # fmt: skip
+                                  args.work / "server.log", env, jpegs))  # fmt: skip
     log.info("similar: %s", row)
     if backend == "folder":
         similarity.remove(root)

@@ -114,16 +114,21 @@ def measure(url: str, truth: dict, k: int = 10, warmup: int = 20) -> dict:
             "queries": len(recalls)}  # fmt: skip
 
 
-def restart(store: Path, root: Path | str, truth: dict, port: int, log: Path, env: dict) -> dict:
+def restart(
+    store: Path, root: Path | str, truth: dict, port: int, log: Path, env: dict,
+    jpegs: list[bytes],
+) -> dict:  # fmt: skip
     """Start the server again on the gallery a first one left at its graceful stop: how
-    soon it is ready (the index read back from gallery.faiss, not rebuilt) and whether it
-    answers as well."""
+    soon it is ready (a folder's index read back from gallery.faiss, not rebuilt) and
+    whether it answers as well; then the ingest rate through the API (last: the photos it
+    adds would be neighbours of the queries)."""
     start = time.perf_counter()
     with serve(store, root, port=port, log=log, timeout=1800, **env) as server:
         ready_s = time.perf_counter() - start
         again = measure(server.url, truth)
+        ingested = ingest(server.url, jpegs)
     return {"restart_ready_s": ready_s, "restart_p50_ms": again["p50_ms"],
-            "restart_recall_at_10": again["recall_at_10"]}  # fmt: skip
+            "restart_recall_at_10": again["recall_at_10"], **ingested}  # fmt: skip
 
 
 def remove(root: Path) -> None:
