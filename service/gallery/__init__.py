@@ -48,7 +48,7 @@ Example:
 
 from __future__ import annotations
 
-from service.gallery.backends import is_database_url, open_gallery, shown, stored_model
+from service.gallery.backends import open_gallery, stored_model
 from service.gallery.facade import Gallery
 from service.gallery.interface import GalleryBackend
 from service.gallery.items import (
@@ -63,6 +63,7 @@ from service.gallery.items import (
     StoredImage,
     is_valid_id,
 )
+from service.gallery.location import is_database_url, shown
 
 __all__ = [
     "Gallery",

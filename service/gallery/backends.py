@@ -4,32 +4,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 from core.constants import FC7_DIM, GALLERY_EXACT_MAX
 from service.gallery.facade import Gallery
 from service.gallery.interface import GalleryBackend
 from service.gallery.items import ModelBinding
+from service.gallery.location import is_database_url
 from service.gallery.sqlite_db import stored_model as folder_stored_model
-
-DATABASE_SCHEMES = ("postgresql://", "postgres://")
-
-
-def is_database_url(location: str | Path) -> bool:
-    """True for a PostgreSQL URL, False for a folder."""
-    return str(location).startswith(DATABASE_SCHEMES)
-
-
-def shown(location: str | Path) -> str:
-    """The location as logs and messages show it: a URL without its password."""
-    location = str(location)
-    if not is_database_url(location):
-        return location
-    parts = urlsplit(location)
-    if parts.password is None:
-        return location
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def open_gallery(

@@ -29,7 +29,6 @@ from psycopg_pool import ConnectionPool
 
 from core.constants import FC7_DIM, GALLERY_EXACT_MAX
 from service.gallery import pg_rows
-from service.gallery.backends import shown
 from service.gallery.batches import Batch, batch_of_items, batch_of_records, batch_of_vectors
 from service.gallery.items import (
     GalleryUnavailableError,
@@ -43,6 +42,7 @@ from service.gallery.items import (
     check_vectors,
     is_valid_id,
 )
+from service.gallery.location import shown
 from service.gallery.pg_pool import (
     PROBLEM_TIMEOUT,
     ConnectionHealth,
