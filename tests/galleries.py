@@ -31,13 +31,9 @@ BACKEND_PAIRS = [
 
 def location(kind: str, name: str, request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A new, empty gallery location of this kind: a folder under `tmp_path`, or a fresh
-    database (skipped while the PostgreSQL backend is not in the tree)."""
+    database on the session's PostgreSQL."""
     if kind == "folder":
         return str(tmp_path / name)
-    pytest.importorskip(
-        "service.gallery.pg_gallery",
-        reason="enable once service.gallery.pg_gallery (the PostgreSQL backend) is merged",
-    )
     return request.getfixturevalue("pg_url")
 
 

@@ -28,7 +28,10 @@ from service.gallery.items import (
     Neighbor,
     NewItem,
     StoredImage,
+    check_k,
     check_model,
+    check_open,
+    check_page,
     check_vectors,
     is_valid_id,
     item_from_row,
@@ -83,11 +86,7 @@ class Gallery:
             GalleryModelMismatchError: the gallery holds vectors of another model.
             GalleryLockedError: the gallery is already open elsewhere.
         """
-        check_model(model_sha256, model_id)
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        if exact_max < 0:
-            raise ValueError(f"exact_max must be >= 0, got {exact_max}")
+        check_open(model_sha256, model_id, dim, exact_max)
         root = Path(root)
         files = ImageFiles(root / GALLERY_IMAGES_DIR)
         folder_lock = FolderLock(root)
@@ -274,8 +273,7 @@ class Gallery:
 
     def list(self, offset: int = 0, limit: int = 50) -> tuple[list[Item], int]:
         """A page of items in insertion order, and the total number of items."""
-        if offset < 0 or limit < 0:
-            raise ValueError(f"offset and limit must be >= 0, got {offset} and {limit}")
+        check_page(offset, limit)
         with self._lock:
             rows, total = self._rows.page(offset, limit)
         return [item_from_row(row, None) for row in rows], total
@@ -325,8 +323,7 @@ class Gallery:
             k: how many neighbours (all items if the gallery has fewer).
         """
         query = check_vectors(vector, self.dim, "query")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        check_k(k)
         with self._lock:
             return nearest(self._index, self._rows, query, k)
 
@@ -340,8 +337,7 @@ class Gallery:
             k: how many neighbours.
             exclude_self: leave the item itself out of the answer.
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        check_k(k)
         if not is_valid_id(id):
             return None
         with self._lock:

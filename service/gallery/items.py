@@ -144,6 +144,27 @@ def check_model(model_sha256: str, model_id: str) -> None:
         raise ValueError("model_id must be a non-empty string")
 
 
+def check_open(model_sha256: str, model_id: str, dim: int, exact_max: int) -> None:
+    """ValueError unless the arguments of a gallery's `open` are usable."""
+    check_model(model_sha256, model_id)
+    if dim < 1:
+        raise ValueError(f"dim must be >= 1, got {dim}")
+    if exact_max < 0:
+        raise ValueError(f"exact_max must be >= 0, got {exact_max}")
+
+
+def check_k(k: int) -> None:
+    """ValueError unless a search asks for at least one neighbour."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+
+
+def check_page(offset: int, limit: int) -> None:
+    """ValueError unless a page's offset and limit are >= 0."""
+    if offset < 0 or limit < 0:
+        raise ValueError(f"offset and limit must be >= 0, got {offset} and {limit}")
+
+
 def check_image(image_bytes: object, image_ext: object, what: str) -> tuple[bytes, str]:
     """(the bytes, the lower-case extension) of an image to store, or ValueError."""
     if not isinstance(image_bytes, (bytes, bytearray, memoryview)):

@@ -38,7 +38,10 @@ from service.gallery.items import (
     Neighbor,
     NewItem,
     StoredImage,
+    check_k,
     check_model,
+    check_open,
+    check_page,
     check_vectors,
     is_valid_id,
 )
@@ -96,11 +99,7 @@ class PgGallery:
             RuntimeError: the schema cannot be set up (e.g. no right to create the vector
                 extension), or is newer than this code.
         """
-        check_model(model_sha256, model_id)
-        if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
-        if exact_max < 0:
-            raise ValueError(f"exact_max must be >= 0, got {exact_max}")
+        check_open(model_sha256, model_id, dim, exact_max)
         binding, location = ModelBinding(model_id, model_sha256, dim), shown(url)
         with unavailable(url, location):
             try:
@@ -324,8 +323,7 @@ class PgGallery:
 
     def list(self, offset: int = 0, limit: int = 50) -> tuple[list[Item], int]:
         """A page of items in insertion order, and the total number of items."""
-        if offset < 0 or limit < 0:
-            raise ValueError(f"offset and limit must be >= 0, got {offset} and {limit}")
+        check_page(offset, limit)
         with self._conn() as conn:
             return pg_rows.page(conn, offset, limit)
 
@@ -375,8 +373,7 @@ class PgGallery:
     def search(self, vector: np.ndarray, k: int = 10) -> list[Neighbor]:
         """The `k` items nearest to `vector` by Euclidean distance (exact), nearest first."""
         query = check_vectors(vector, self.dim, "query")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        check_k(k)
         with self._conn() as conn, self._snapshot(conn) as projection:
             return nearest(conn, query, k, projection)
 
@@ -384,8 +381,7 @@ class PgGallery:
         self, id: str, k: int = 10, exclude_self: bool = False
     ) -> list[Neighbor] | None:
         """The `k` items nearest to an item's vector; None if there is no such id."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        check_k(k)
         if not is_valid_id(id):
             return None
         with self._conn() as conn, self._snapshot(conn) as projection:

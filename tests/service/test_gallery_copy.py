@@ -1,8 +1,7 @@
 """`service.gallery_copy`: a gallery copied between backends, resumed, verified.
 
-Every test runs over the pairs of backends in `tests.galleries.BACKEND_PAIRS`: folder->folder
-now; folder->postgres and postgres->folder are skipped (pytest.importorskip) until
-`service.gallery.pg_gallery` is merged, then run on the session's real PostgreSQL.
+Every test runs over the pairs of backends in `tests.galleries.BACKEND_PAIRS`: folder->folder,
+folder->postgres and postgres->folder (on the session's real PostgreSQL).
 """
 
 from __future__ import annotations
