@@ -2,7 +2,8 @@
 
     alexnet index data/synth/val --label-from-folder --model synth
 
-It opens the gallery folder exclusively: stop the service first (or use POST /gallery).
+A folder gallery is opened exclusively: stop the service first (or use POST /gallery). A
+postgresql:// gallery can be filled while replicas serve it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
     alexnet reindex --model synth:2
 
 A gallery records the model (sha256) that made its vectors and refuses to open with
-another; this command switches it, in one transaction. Stop the service first.
+another; this command switches it, in one transaction. Stop the service first (a folder
+is locked while served; replicas of a database gallery refuse it until restarted with the
+new model).
 """
 
 from __future__ import annotations
