@@ -8,6 +8,11 @@ from pathlib import Path
 from core import constants as C
 
 
+class UsageError(ValueError):
+    """A command line that cannot run (nothing to work on, an unknown model): `alexnet` exits
+    with status 2, as argparse does for a bad option."""
+
+
 def add_store_argument(p: argparse.ArgumentParser) -> None:
     """`--store DIR`, the same in every command that reads or writes the store."""
     p.add_argument(
@@ -27,8 +32,9 @@ def add_publish_arguments(p: argparse.ArgumentParser) -> None:
     add_store_argument(p)
 
 
-def add_model_arguments(p: argparse.ArgumentParser) -> None:
-    """Where the served model and the gallery come from (serve, index, reindex, quickstart).
+def add_model_arguments(p: argparse.ArgumentParser, *, gallery: bool = True) -> None:
+    """Where the served model and the gallery come from (serve, index, reindex, quickstart;
+    predict, which needs no gallery, with `gallery=False`).
 
     Every one defaults to None, so that the ALEXNET_* variable (or the setting's default)
     applies unless the option is given: see `settings_from`.
@@ -41,13 +47,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="NAME[:VERSION] (ALEXNET_MODEL; default: the only model in the store)",
     )
-    p.add_argument(
-        "--gallery",
-        default=None,
-        metavar="FOLDER_OR_URL",
-        help="gallery: a folder (embedded, one process) or a postgresql:// URL (shared by "
-        "replicas) (ALEXNET_GALLERY; default: gallery)",
-    )
+    if gallery:
+        p.add_argument(
+            "--gallery",
+            default=None,
+            metavar="FOLDER_OR_URL",
+            help="gallery: a folder (embedded, one process) or a postgresql:// URL (shared by "
+            "replicas) (ALEXNET_GALLERY; default: gallery)",
+        )
     p.add_argument(
         "--precision",
         default=None,

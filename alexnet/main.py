@@ -4,6 +4,11 @@ Each subcommand's module (`alexnet/<command>.py`) owns its parser (`get_args_par
 `main(args)`; this file only wires them, importing a module when its subcommand runs so
 `alexnet --help` is fast and the serving image (no torch, no `training`) runs the
 service's commands.
+
+Exit status: 0 when the command did its job; 1 on an error (one logged line, no
+traceback), or when the result of `main(args)` has an `exit_code` that says so (`alexnet
+predict`: some files were skipped); 2 for a command line that cannot run (argparse's usage
+errors and `UsageError`).
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import argparse
 import importlib
 import logging
 import sys
+
+from alexnet.args import UsageError
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -35,6 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "plot": ("alexnet.plot", "draw a run's training curves (loss, error, lr) as a PNG"),
     "filters": ("alexnet.filters", "draw the conv1 kernels as an image grid (Figure 3)"),
     "models": ("alexnet.models", "list the models in the store"),
+    "predict": (
+        "alexnet.predict",
+        "top-k labels of image files, with the store's model here or from a running service",
+    ),
     "serve": ("alexnet.serve", "run the HTTP service (predict, similar, gallery)"),
     "index": ("alexnet.index", "add a folder of images to the gallery"),
     "reindex": ("alexnet.reindex", "re-embed the gallery with another model"),
@@ -58,7 +69,7 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "onnxruntime"):
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "onnxruntime", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -97,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
     args = module.get_args_parser().parse_args(argv[1:])
     setup_logging()
     try:
-        module.main(args)
+        result = module.main(args)
+    except UsageError as e:
+        print(f"alexnet {argv[0]}: error: {e}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
         logging.getLogger("alexnet").error("%s", e)
         return 1
-    return 0
+    return getattr(result, "exit_code", 0)

@@ -65,7 +65,7 @@ def test_the_serve_environment_has_no_torch(serve_venv: Path, tmp_path: Path) ->
     code = (
         "import sys, core.imaging, core.model_loader, service, service.app, service.indexing, "
         "service.healthcheck, alexnet.main, alexnet.serve, alexnet.index, alexnet.reindex, "
-        "alexnet.models\n"
+        "alexnet.models, alexnet.predict, alexnet.predicting.local, alexnet.predicting.remote\n"
         "assert 'torch' not in sys.modules, 'torch imported'\n"
         "print(service.__file__)"
     )
