@@ -25,7 +25,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from alexnet.args import UsageError, add_model_arguments, settings_from
-from alexnet.predicting import Outcome, ServiceError
+from alexnet.predicting import Outcome, Predictor, ServiceError
 from core.constants import IMAGE_SUFFIXES
 from core.imaging import find_images
 
@@ -146,7 +146,7 @@ def check_arguments(args: argparse.Namespace) -> None:
             raise UsageError(f"--url must start with http:// or https://, not {args.url!r}")
 
 
-def run(predictor, files: Sequence[Path], *, top_k: int, progress: bool) -> Report:
+def run(predictor: Predictor, files: Sequence[Path], *, top_k: int, progress: bool) -> Report:
     """Predict every file, naming each one skipped on stderr; a service failure stops the run
     and the files it did not reach are skipped with its reason."""
     report = Report(model=None)
@@ -181,7 +181,7 @@ def table(results: Sequence[Outcome]) -> str:
     )
 
 
-def local_predictor(args: argparse.Namespace):
+def local_predictor(args: argparse.Namespace) -> Predictor:
     """The settings' model (--model or ALEXNET_MODEL, ...) loaded in this process."""
     from alexnet.predicting.local import LocalPredictor
 

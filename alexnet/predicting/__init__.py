@@ -9,8 +9,10 @@ gets the same answer from either.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -30,3 +32,19 @@ class Outcome:
 class ServiceError(RuntimeError):
     """The service failed as a whole (unreachable, still unavailable after the retries, a 5xx,
     a model switched mid-run): no further file can be predicted."""
+
+
+class Predictor(Protocol):
+    """What `alexnet predict` asks of either source."""
+
+    @property
+    def model(self) -> str | None:
+        """name:version of the model answering (None until a service has answered)."""
+
+    @property
+    def where(self) -> str:
+        """The model and where it runs, for the closing log line."""
+
+    def predict(self, files: Sequence[Path], *, top_k: int) -> Iterator[Outcome]:
+        """One outcome per file, in order; raises ServiceError when nothing more can be
+        predicted."""
