@@ -17,7 +17,7 @@ from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from core.imaging import load_256
-from tests.service.conftest import encode, running_server
+from tests.service.conftest import encode, running_server, settled_readiness
 
 K = 4  # classes of the tiny model
 
@@ -295,3 +295,22 @@ def test_queue_full_is_503_with_retry_after(exported: Path, tmp_path: Path, samp
     for r in answers:
         if r.status_code == 503:
             assert r.headers["retry-after"] == "1" and "overloaded" in r.json()["error"]
+
+
+def test_without_a_model_v2_is_live_but_answers_503_with_the_reason(tmp_path: Path) -> None:
+    with running_server(tmp_path / "empty-store", tmp_path / "gallery", wait_ready=False) as url:
+        assert "no model" in settled_readiness(url).json()["detail"]
+        with tc.InferenceServerClient(url=url.removeprefix("http://")) as c:
+            assert c.is_server_live() and not c.is_server_ready()
+            assert not c.is_model_ready("tiny")
+            assert c.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+            for call in (lambda: c.get_model_metadata("tiny"),
+                         lambda: c.infer("tiny", [bytes_input([b"x"])])):  # fmt: skip
+                with pytest.raises(InferenceServerException) as info:
+                    call()
+                assert info.value.status() == "503", info.value
+                assert "not ready" in info.value.message() and "no model" in info.value.message()
+        for path in ("/v2/health/ready", "/v2/models/tiny/ready", "/v2/models/tiny/versions/1"):
+            r = httpx.get(url + path)
+            assert r.status_code == 503 and r.headers["retry-after"] == "5", path
+            assert "not ready" in r.json()["error"]
