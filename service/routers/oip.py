@@ -248,9 +248,14 @@ INFER_RESPONSES = {
 
 
 async def _infer(
-    request: Request, state: StateDep, engine: EngineDep, settings: SettingsDep,
-    name: str, version: str | None,
-) -> Response:  # fmt: skip
+    request: Request,
+    state: StateDep,
+    engine: EngineDep,
+    settings: SettingsDep,
+    name: str,
+    version: str | None,
+) -> Response:
+    """Check the model, parse the body, decode the images, run the engine, encode."""
     manifest = engine.loaded.manifest
     model.check_model(manifest, name, version)
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
@@ -266,8 +271,12 @@ async def _infer(
     requested = model.requested_outputs(parsed)
     pixels = await model.pixels(parsed, settings, state.metrics)
     probs, fc7 = await engine.infer(pixels)
-    content, header_length = codec.encode_response(
-        manifest.name, str(manifest.version), parsed.id, model.outputs(requested, probs, fc7)
+    content, header_length = await run_in_threadpool(  # JSON outputs: 4096 floats an image
+        codec.encode_response,
+        manifest.name,
+        str(manifest.version),
+        parsed.id,
+        model.outputs(requested, probs, fc7),
     )
     if header_length is None:
         return Response(content, media_type="application/json")
