@@ -30,8 +30,9 @@ from service.decode import ImageError
 from service.deps import AppState, NotReadyError
 from service.engine import Engine, OverloadedError
 from service.gallery import GalleryUnavailableError
+from service.oip.errors import error_body, is_protocol_path
 from service.resources import load_served_model, open_gallery
-from service.routers import gallery, health, page, predict
+from service.routers import gallery, health, oip, page, predict
 
 log = logging.getLogger("service")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a client's X-Request-ID, if it is one
@@ -112,6 +113,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(gallery.router)
     app.include_router(health.router)
     app.include_router(page.router)
+    app.include_router(oip.router)
     app.mount("/static", page.static_files(), name="static")
 
     # Inside `observe` (added later, so outer), which then counts and logs its 413s.
@@ -171,8 +173,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if compile_path(template)[0].fullmatch(request.url.path):
                 allow = ", ".join(sorted(method.upper() for method in operations))
         return JSONResponse(
-            {"detail": "Method Not Allowed"}, status_code=405, headers={"Allow": allow}
+            error_body(request.url.path, "Method Not Allowed"),
+            status_code=405,
+            headers={"Allow": allow},
         )
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, e: HTTPException) -> JSONResponse:
+        # FastAPI's own answer, but with the protocol's error body under /v2
+        path = request.url.path
+        body = {"error": str(e.detail)} if is_protocol_path(path) else {"detail": e.detail}
+        return JSONResponse(body, status_code=404, headers=e.headers)
 
     return app
 

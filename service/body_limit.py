@@ -13,6 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.oip.errors import error_body
+
 
 class BodyLimitMiddleware:
     """Pure ASGI middleware (it must see each `receive`, which BaseHTTPMiddleware hides).
@@ -33,7 +35,8 @@ class BodyLimitMiddleware:
             return
         length = Headers(scope=scope).get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_bytes):
-            await JSONResponse({"detail": self.detail}, status_code=413)(scope, receive, send)
+            body = error_body(scope["path"], self.detail)  # the protocol's, under /v2
+            await JSONResponse(body, status_code=413)(scope, receive, send)
             return
         received = 0
 

@@ -33,13 +33,25 @@ class Uploads:
     pixels: np.ndarray  # uint8 (n, 256, 256, 3), the model's input
 
 
+def check_image_count(count: int, settings: Settings) -> None:
+    """413 for more images in one request than `max_images_per_request`."""
+    if count > settings.max_images_per_request:
+        raise ImageTooLargeError(
+            f"{count} images in one request; the limit is {settings.max_images_per_request}"
+        )
+
+
 async def read_images(uploads: list[UploadFile], settings: Settings, metrics: Metrics) -> Uploads:
     """Read and decode every part, decoding in worker threads."""
-    if len(uploads) > settings.max_images_per_request:
-        raise ImageTooLargeError(
-            f"{len(uploads)} images in one request; the limit is {settings.max_images_per_request}"
-        )
+    check_image_count(len(uploads), settings)
     raw = [await read_upload(u, settings) for u in uploads]
+    return await decode_images(raw, settings, metrics)
+
+
+async def decode_images(raw: list[bytes], settings: Settings, metrics: Metrics) -> Uploads:
+    """Decode encoded image files (from parts, or a protocol's BYTES tensor) in worker
+    threads, under the byte and pixel limits."""
+    check_image_count(len(raw), settings)
     try:
         decoded = await asyncio.gather(*(
             run_in_threadpool(decode, data, max_bytes=settings.max_image_bytes,

@@ -476,7 +476,208 @@ def corpus() -> list[Case]:
     ]
 
 
-CORPUS = corpus()
+# ------------------------------------------------------------------ the Open Inference Protocol
+
+INFER = "/v2/models/tiny/infer"
+ONE_IMAGE = bytes(256 * 256 * 3)  # a black image, as the `images` input's binary data
+MAX_JSON_BYTES = 8 * 4 * 256 * 256 * 3 + 65_536  # service.oip.model.max_json_bytes, 4 images
+
+
+def v2_case(
+    name: str,
+    status: int,
+    inputs: list[dict] | None = None,
+    binary: bytes = b"",
+    fragment: str = "",
+    *,
+    document: dict | None = None,
+    body: bytes | None = None,
+    header_length: str | None = "auto",
+    path: str = INFER,
+    headers: dict | None = None,
+) -> Case:
+    """An inference request: `document` (or {"inputs": inputs}) as JSON, then `binary`, with
+    Inference-Header-Content-Length the JSON's size ("auto"), a given value, or absent."""
+    head = json.dumps(document if document is not None else {"inputs": inputs}).encode()
+    headers = dict(headers or {})
+    if header_length == "auto" and binary:
+        headers["Inference-Header-Content-Length"] = str(len(head))
+    elif header_length not in (None, "auto"):
+        headers["Inference-Header-Content-Length"] = header_length
+    content = body if body is not None else head + binary
+    return Case(name, status, content, content_type=b"application/octet-stream", path=path,
+                headers=headers, fragment=fragment)  # fmt: skip
+
+
+def images(shape: list, datatype: str = "UINT8", **extra) -> dict:
+    return {"name": "images", "shape": shape, "datatype": datatype} | extra
+
+
+def binary_images(n: int = 1, size: int | None = None, **extra) -> dict:
+    size = n * len(ONE_IMAGE) if size is None else size
+    return images([n, 256, 256, 3], parameters={"binary_data_size": size}, **extra)
+
+
+def files(*elements: bytes) -> tuple[list[dict], bytes]:
+    """The `image_bytes` input with these encoded files, as binary data."""
+    raw = b"".join(struct.pack("<I", len(e)) + e for e in elements)
+    spec = {"name": "image_bytes", "shape": [len(elements)], "datatype": "BYTES",
+            "parameters": {"binary_data_size": len(raw)}}  # fmt: skip
+    return [spec], raw
+
+
+def bytes_case(name: str, status: int, *elements: bytes, fragment: str = "") -> Case:
+    return v2_case(name, status, *files(*elements), fragment)
+
+
+def v2_corpus() -> list[Case]:
+    rgb = noise((96, 72))
+    jpeg, png = encode(rgb, "JPEG"), encode(rgb, "PNG")
+    json_pixels = [0] * len(ONE_IMAGE)
+    fp32 = bytes(4 * len(ONE_IMAGE))
+    # fmt: off
+    return [
+        # --- valid: answered with both outputs as JSON
+        v2_case("v2-binary-images", 200, [binary_images()], ONE_IMAGE),
+        v2_case("v2-json-images", 200, [images([1, 256, 256, 3], data=json_pixels)]),
+        bytes_case("v2-image-bytes-jpeg-and-png", 200, jpeg, png),
+        bytes_case("v2-image-bytes-cmyk-jpeg", 200, encode(rgb.convert("CMYK"), "JPEG")),
+        v2_case("v2-binary-images-on-the-version-path", 200, [binary_images()], ONE_IMAGE,
+                path="/v2/models/tiny/versions/1/infer"),
+        # --- the body and its header
+        v2_case("v2-empty-body", 400, body=b"", fragment="not valid"),
+        v2_case("v2-not-json", 400, body=b"hello", fragment="not valid"),
+        v2_case("v2-json-array", 400, body=b"[]", fragment="must be a JSON object"),
+        v2_case("v2-json-not-utf8", 400, body=b'{"inputs": "\xff"}', fragment="not UTF-8"),
+        v2_case("v2-json-nan", 400, [images([1], data=[float("nan")])], fragment="NaN"),
+        v2_case("v2-json-nested-100000-deep", 400, body=b"[" * 100_000 + b"]" * 100_000,
+                fragment="nested too deeply"),
+        v2_case("v2-no-inputs", 400, [], fragment="at least 1 item"),
+        v2_case("v2-shape-of-strings", 400, [images(["1", 256, 256, 3], data=[])],
+                fragment="valid integer"),
+        v2_case("v2-header-length-past-the-body", 400, [binary_images()], ONE_IMAGE,
+                header_length=str(10**9), fragment="but the body is only"),
+        v2_case("v2-header-length-not-a-number", 400, [binary_images()], ONE_IMAGE,
+                header_length="abc", fragment="decimal number"),
+        v2_case("v2-header-length-negative", 400, [binary_images()], ONE_IMAGE,
+                header_length="-5", fragment="decimal number"),
+        v2_case("v2-header-length-cuts-the-json", 400, [binary_images()], ONE_IMAGE,
+                header_length="20", fragment="not valid"),
+        v2_case("v2-binary-data-without-header-length", 400, [binary_images()], ONE_IMAGE,
+                header_length=None, fragment="not valid"),
+        v2_case("v2-gzip-body", 415, [binary_images()], ONE_IMAGE,
+                headers={"Content-Encoding": "gzip"},
+                fragment="Content-Encoding 'gzip'"),
+        v2_case("v2-json-over-its-limit", 413, body=b"{" + b" " * MAX_JSON_BYTES + b"}",
+                fragment="send large tensors as binary data"),
+        # --- byte counts
+        v2_case("v2-binary-one-byte-short", 400, [binary_images()], ONE_IMAGE[:-1],
+                fragment="runs past the end"),
+        v2_case("v2-binary-one-byte-extra", 400, [binary_images()], ONE_IMAGE + b"\0",
+                fragment="add up to 196608"),
+        v2_case("v2-binary-size-not-the-shapes", 400, [binary_images(size=100)], b"x" * 100,
+                fragment="is 100 bytes, but UINT8 of shape [1, 256, 256, 3] is 196608"),
+        v2_case("v2-binary-size-negative", 400, [binary_images(size=-1)], b"x",
+                fragment="binary_data_size must be an integer >= 0"),
+        v2_case("v2-binary-size-a-string", 400, [binary_images(size="9")], b"x" * 9,
+                fragment="binary_data_size must be an integer"),
+        v2_case("v2-data-and-binary", 400, [binary_images(data=[1])], ONE_IMAGE,
+                fragment="both 'data' and a binary_data_size"),
+        v2_case("v2-neither-data-nor-binary", 400, [images([1, 256, 256, 3])],
+                fragment="neither 'data' nor"),
+        # --- datatypes and shapes
+        v2_case("v2-fp32-images", 400, [binary_images(size=len(fp32), datatype="FP32")], fp32,
+                fragment="has datatype FP32; it takes UINT8"),
+        v2_case("v2-unknown-datatype", 400, [images([1, 256, 256, 3], "UINT7", data=[])],
+                fragment="datatype UINT7"),
+        v2_case("v2-image-bytes-as-uint8", 400,
+                [{"name": "image_bytes", "shape": [3], "datatype": "UINT8", "data": [1, 2, 3]}],
+                fragment="it takes BYTES"),
+        v2_case("v2-shape-224", 400, [images([1, 224, 224, 3], data=[])],
+                fragment="it takes [N,256,256,3]"),
+        v2_case("v2-shape-without-batch", 400, [images([256, 256, 3], data=[])],
+                fragment="it takes [N,256,256,3]"),
+        v2_case("v2-negative-dimension", 400, [images([-1, 256, 256, 3], data=[])],
+                fragment=">= 0"),
+        v2_case("v2-zero-images", 400, [images([0, 256, 256, 3], data=[])],
+                fragment="holds no image"),
+        v2_case("v2-shape-product-mismatch", 400, [images([1, 256, 256, 3], data=[0] * 10)],
+                fragment="'data' has 10 elements, but shape [1, 256, 256, 3] has"),
+        v2_case("v2-huge-declared-shape", 413, [binary_images(n=10**12, size=len(ONE_IMAGE))],
+                ONE_IMAGE, fragment="1000000000000 images in one request; the limit is"),
+        v2_case("v2-huge-declared-bytes-shape", 413,
+                [{"name": "image_bytes", "shape": [2**62], "datatype": "BYTES", "data": ["x"]}],
+                fragment="the limit is 4"),
+        v2_case("v2-huge-dimension-in-the-image", 400, [images([1, 10**15, 256, 3], data=[])],
+                fragment="it takes [N,256,256,3]"),
+        v2_case("v2-data-a-string", 400, [images([1, 256, 256, 3], data="AAAA")],
+                fragment="'data' must be a JSON array, not str"),
+        v2_case("v2-data-an-object", 400, [images([1, 256, 256, 3], data={"a": 1})],
+                fragment="not dict"),
+        v2_case("v2-data-out-of-range", 400, [images([1, 256, 256, 3], data=[256] * 196608)],
+                fragment="must lie in [0, 255]"),
+        v2_case("v2-data-floats", 400, [images([1, 256, 256, 3], data=[0.5] * 196608)],
+                fragment="must be JSON integers"),
+        v2_case("v2-data-ragged", 400, [images([1, 256, 256, 3], data=[[0, 1], [2]])],
+                fragment="not a regular array"),
+        v2_case("v2-too-many-images", 413, [binary_images(n=5)], ONE_IMAGE * 5,
+                fragment="5 images in one request; the limit is 4"),
+        # --- inputs and outputs
+        v2_case("v2-both-inputs", 400, [binary_images(), *files(png)[0]], ONE_IMAGE
+                + files(png)[1], fragment="not both"),
+        v2_case("v2-unknown-input", 400, [images([1, 256, 256, 3], data=[]) | {"name": "x"}],
+                fragment="unknown input 'x'"),
+        v2_case("v2-input-twice", 400, [binary_images(), binary_images()], ONE_IMAGE * 2,
+                fragment="given twice"),
+        v2_case("v2-unknown-output", 400, document={"inputs": [images([1], data=[0])],
+                "outputs": [{"name": "fc6"}]}, fragment="unknown output 'fc6'"),
+        v2_case("v2-classification", 400, document={"inputs": [images([1], data=[0])],
+                "outputs": [{"name": "probs", "parameters": {"classification": 3}}]},
+                fragment="classification extension"),
+        v2_case("v2-binary-data-output-a-string", 400, document={
+                "inputs": [images([1], data=[0])], "parameters": {"binary_data_output": "yes"}},
+                fragment="must be true or false"),
+        # --- image_bytes: the decoder's limits and answers, as for /predict
+        v2_case("v2-bytes-truncated-length-prefix", 400, [{"name": "image_bytes", "shape": [1],
+                "datatype": "BYTES", "parameters": {"binary_data_size": 2}}], b"\x10\x00",
+                fragment="its 4-byte length is cut off"),
+        v2_case("v2-bytes-length-past-the-end", 400, [{"name": "image_bytes", "shape": [1],
+                "datatype": "BYTES", "parameters": {"binary_data_size": 14}}],
+                struct.pack("<I", 1000) + b"x" * 10, fragment="declares 1000 bytes"),
+        bytes_case("v2-bytes-too-many-files", 413, *[png] * 5, fragment="the limit is 4"),
+        bytes_case("v2-bytes-oversize-element", 413, encode(noise((900, 900)), "BMP"),
+                   fragment="bytes"),
+        bytes_case("v2-bytes-decompression-bomb", 413,
+                   encode(Image.new("1", (6000, 6000)), "PNG"), fragment="pixels"),
+        bytes_case("v2-bytes-png-header-30000x30000", 413, png_file(30000, 30000),
+                   fragment="pixels"),
+        bytes_case("v2-bytes-not-an-image", 415, b"just some text", fragment="not an image"),
+        bytes_case("v2-bytes-svg", 415,
+                   b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>',
+                   fragment="not an image"),
+        bytes_case("v2-bytes-truncated-jpeg", 422, truncated(jpeg), fragment="truncated"),
+        bytes_case("v2-bytes-empty-element", 400, b"", fragment="empty"),
+        bytes_case("v2-bytes-good-then-bad", 415, png, b"PK\x03\x04", fragment="not an image"),
+        v2_case("v2-json-bytes-not-an-image", 415, [{"name": "image_bytes", "shape": [1],
+                "datatype": "BYTES", "data": ["hello"]}], fragment="not an image"),
+        v2_case("v2-json-bytes-a-number", 400, [{"name": "image_bytes", "shape": [1],
+                "datatype": "BYTES", "data": [7]}], fragment="JSON int"),
+        # --- the model and the path
+        v2_case("v2-unknown-model", 404, [binary_images()], ONE_IMAGE,
+                path="/v2/models/nope/infer", fragment="unknown model 'nope'"),
+        v2_case("v2-unknown-version", 404, [binary_images()], ONE_IMAGE,
+                path="/v2/models/tiny/versions/7/infer", fragment="version '7'"),
+        v2_case("v2-traversal-model-name", 404, [binary_images()], ONE_IMAGE,
+                path="/v2/models/..%2F..%2Fetc/infer", fragment="Not Found"),
+        v2_case("v2-sql-and-nul-model-name", 404, [binary_images()], ONE_IMAGE,
+                path="/v2/models/%27%20OR%201=1%00/infer", fragment="unknown model"),
+        v2_case("v2-unknown-endpoint", 404, body=b"{}", path="/v2/repository/index",
+                fragment="Not Found"),
+    ]
+    # fmt: on
+
+
+CORPUS = corpus() + v2_corpus()
 
 
 def send(url: str, case: Case) -> httpx.Response:
@@ -518,11 +719,20 @@ def test_hostile_request_gets_its_documented_answer(hostile_server: Server, case
     assert r.headers["content-type"] == "application/json"
     body = r.json()
     if case.status >= 400:
-        assert case.fragment in json.dumps(body["detail"]), body
+        # the Open Inference Protocol's error form under /v2, the service's elsewhere
+        (key,) = body.keys()
+        assert key == ("error" if case.path.startswith("/v2/") else "detail"), body
+        assert case.fragment in json.dumps(body[key]), body
     elif case.path == "/gallery":
         assert len(body["items"]) == 1
     elif case.path == "/predict":
         assert len(body["results"]) == case.body.count(b"--" + BOUNDARY + b"\r\n")
+    elif case.path.startswith("/v2/"):  # both outputs, as JSON, a row per image
+        length = int((case.headers or {}).get("Inference-Header-Content-Length", len(case.body)))
+        n = json.loads(case.body[:length])["inputs"][0]["shape"][0]
+        probs, fc7 = body["outputs"]
+        assert (probs["name"], probs["shape"], len(probs["data"])) == ("probs", [n, 4], 4 * n)
+        assert (fc7["name"], fc7["shape"], len(fc7["data"])) == ("fc7", [n, 4096], 4096 * n)
     after = httpx.get(f"{url}/gallery").json()["total"]
     assert after == before + (case.status == 201), "only a 201 adds to the gallery"
     assert httpx.get(f"{url}/health/live").status_code == 200
@@ -551,8 +761,9 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
+@pytest.mark.parametrize("path", ["/predict", INFER])
 def test_chunked_upload_is_cut_off_once_it_passes_the_request_limit(
-    hostile_server: Server,
+    hostile_server: Server, path: str
 ) -> None:
     """A body without Content-Length that never ends gets 413 once the limit has come in.
 
@@ -564,8 +775,8 @@ def test_chunked_upload_is_cut_off_once_it_passes_the_request_limit(
     sent, answer = 0, b""
     with socket.create_connection((host, int(port)), timeout=5) as sock:
         sock.sendall(
-            b"POST /predict HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
-            b"Content-Type: "
+            b"POST %s HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n" % path.encode()
+            + b"Content-Type: "
             + MULTIPART
             + b"\r\n\r\n"
             + _chunk(b"--" + BOUNDARY + b"\r\n" + part(b""))
@@ -580,14 +791,15 @@ def test_chunked_upload_is_cut_off_once_it_passes_the_request_limit(
                 break  # the server stopped reading
             sent += len(block)
         sock.settimeout(10)
-        while b"\r\n\r\n" not in answer:
-            data = sock.recv(65536)
+        while b"\r\n\r\n" not in answer or b"}" not in answer.partition(b"\r\n\r\n")[2]:
+            data = sock.recv(65536)  # the headers, then the (small) JSON body
             if not data:
                 break
             answer += data
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 413"), answer[:300]
     assert b"application/json" in head
+    assert (b'{"error":' if path == INFER else b'{"detail":') in body[:100], body[:100]
     # What was sent beyond the limit sits in socket buffers, unread.
     assert MAX_REQUEST_BYTES < sent < 20 * MAX_REQUEST_BYTES
     assert httpx.get(f"{hostile_server.url}/health/live").status_code == 200
