@@ -154,3 +154,30 @@ def test_errors_are_said_in_plain_words(page, tmp_path: Path) -> None:
     page.wait_for_selector("#error:not([hidden])")
     assert "not an image" in page.inner_text("#error")
     assert page.query_selector_all("#predictions li.prediction") == []
+
+
+def test_docs_render_with_the_network_cut(browser, page_server: str) -> None:
+    """/docs (Swagger UI) lists the operations when nothing but this server can be reached:
+    every request to another host is aborted, as on a machine without internet."""
+    origin = urlsplit(page_server).netloc
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    cut: list[str] = []
+
+    def only_loopback(route) -> None:
+        if urlsplit(route.request.url).netloc in (origin, ""):
+            route.continue_()
+        else:
+            cut.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    page.goto(page_server + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+    paths = {e.inner_text().strip() for e in page.query_selector_all(".opblock-summary-path")}
+    schema = httpx.get(f"{page_server}/openapi.json").json()
+    assert {"/predict", "/similar", "/gallery", "/gallery/{item_id}"} <= paths
+    assert paths == set(schema["paths"])  # every operation of the schema is shown
+    assert page.inner_text(".info .title").startswith(schema["info"]["title"])
+    assert cut == [], f"/docs asked for outside resources: {cut}"
+    context.close()
