@@ -92,11 +92,10 @@ async def load(state: AppState) -> None:
         await open_gallery_when_reachable(state, loaded)
         state.failure = None
         state.metrics.gallery_items.set(len(state.gallery))
-        log.info(
-            "ready: %s (%s) on %s; gallery %s with %d items",
+        log.info(  # where the model runs was said when it loaded (core.model_loader)
+            "ready: %s (%s); gallery %s with %d items",
             loaded.id,
             loaded.precision,
-            loaded.provider,
             state.gallery.location,
             len(state.gallery),
         )
