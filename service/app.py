@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute, Match, Mount, compile_path
+from starlette.routing import BaseRoute, Match, Mount, Route, compile_path
 from starlette.types import Scope
 
 from core.model_loader import LoadedModel
@@ -49,11 +49,14 @@ def endpoint_label(routes: list[BaseRoute], scope: Scope, arrived: Scope) -> str
     "/docs", "/static/{path}" for a file of a mounted folder, "unmatched" for none.
 
     FastAPI records the route in the `scope` only for its own API routes; the docs pages and
-    the mounted folders are found by matching the request as it `arrived` (before a mount
-    changed its root path) against the routes again."""
+    the mounted folders (the app's own routes and mounts, not those of included routers) are
+    found by matching the request as it `arrived` (before a mount changed its root path)
+    against them again. A request answered before routing (a 413 from the body limit) is
+    "unmatched" unless it is for one of those."""
     route = scope.get("route")
     if route is None:
-        route = next((r for r in routes if r.matches(arrived)[0] is Match.FULL), None)
+        plain = (r for r in routes if isinstance(r, Route | Mount))
+        route = next((r for r in plain if r.matches(arrived)[0] is Match.FULL), None)
     if route is None:
         return "unmatched"
     return f"{route.path}/{{path}}" if isinstance(route, Mount) else route.path

@@ -107,6 +107,8 @@ def test_onnx_input_and_outputs_are_the_exported_models(exported: Path) -> None:
 
 
 def test_every_route_the_service_serves_is_listed() -> None:
+    from starlette.routing import Mount
+
     from service.app import create_app
     from service.config import Settings
     from service.routers import page
@@ -121,7 +123,7 @@ def test_every_route_the_service_serves_is_listed() -> None:
     outside = section("HTTP API (served by `alexnet serve`)")
     outside = outside[outside.index("Outside the schema") :].split("\n\n")[0]
     named = set(TICKED.findall(outside))
-    top_level = {r.path + ("/{path}" if type(r).__name__ == "Mount" else "")
+    top_level = {r.path + ("/{path}" if isinstance(r, Mount) else "")
                  for r in app.routes if hasattr(r, "path")}  # fmt: skip
     assert named == (top_level | {r.path for r in page.router.routes}) - set(schema["paths"])
     # the error codes: those the schema declares

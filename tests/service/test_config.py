@@ -47,11 +47,13 @@ def test_gallery_exact_max(monkeypatch) -> None:
 def test_serve_help_lists_every_setting_the_service_reads() -> None:
     """`alexnet serve --help` (the real command) names each field of Settings: its option, its
     environment variable and its description; the API key only as a variable."""
+    import os
     import subprocess
     import sys
 
+    env = {**os.environ, "COLUMNS": "2000"}  # no line wrapping (it may break at a hyphen)
     proc = subprocess.run([sys.executable, "-m", "alexnet", "serve", "--help"],
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     help_text = " ".join(proc.stdout.split())  # argparse wraps lines
     for name, field in Settings.model_fields.items():
