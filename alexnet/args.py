@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from types import UnionType
+from typing import Literal, Union, get_args, get_origin
+
+from pydantic import SecretStr
 
 from core import constants as C
 
@@ -32,48 +36,72 @@ def add_publish_arguments(p: argparse.ArgumentParser) -> None:
     add_store_argument(p)
 
 
+# The settings `add_model_arguments` and `add_listen_arguments` offer, in this order.
+MODEL_SETTINGS = ("store", "model", "gallery", "precision", "device", "threads")
+LISTEN_SETTINGS = ("host", "port")
+
+
+def add_settings_arguments(
+    p: argparse.ArgumentParser, names: tuple[str, ...] | None = None
+) -> list[str]:
+    """One option per field of the service's Settings (all of them, or `names`), written from
+    the field itself: `--max-batch` for `max_batch`, with its description, its environment
+    variable ALEXNET_MAX_BATCH, its default and its choices, so help and settings cannot drift.
+
+    Every option defaults to None, so that the ALEXNET_* variable (or the setting's default)
+    applies unless the option is given: see `settings_from`. Secrets (the API key) get no
+    option, since a command line is visible to every user of the machine; they are returned.
+
+    Returns:
+        the names of the settings read only from the environment.
+    """
+    from service.config import Settings
+
+    prefix = Settings.model_config.get("env_prefix", "")
+    env_only = []
+    for name in names or tuple(Settings.model_fields):
+        field = Settings.model_fields[name]
+        env = f"{prefix}{name}".upper()
+        kind = _option_type(field.annotation)
+        if kind is SecretStr:
+            env_only.append(name)
+            continue
+        said = f"{env}" if field.default is None else f"{env}; default: {field.default}"
+        choices = list(get_args(kind)) if get_origin(kind) is Literal else None
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=str if choices else kind,
+            choices=choices,
+            default=None,
+            metavar=None if choices else _metavar(name, kind),
+            help=f"{field.description} ({said})".replace("%", "%%"),
+        )
+    return env_only
+
+
+def _option_type(annotation):
+    """The type of a setting without its `| None`."""
+    if get_origin(annotation) in (Union, UnionType):
+        (annotation,) = [a for a in get_args(annotation) if a is not type(None)]
+    return annotation
+
+
+def _metavar(name: str, kind) -> str:
+    if name == "gallery":
+        return "FOLDER_OR_URL"
+    return {Path: "DIR", int: "N", float: "X"}.get(kind, name.upper())
+
+
 def add_model_arguments(p: argparse.ArgumentParser, *, gallery: bool = True) -> None:
     """Where the served model and the gallery come from (serve, index, reindex, quickstart;
-    predict, which needs no gallery, with `gallery=False`).
-
-    Every one defaults to None, so that the ALEXNET_* variable (or the setting's default)
-    applies unless the option is given: see `settings_from`.
-    """
-    p.add_argument(
-        "--store", type=Path, default=None, help="model store (ALEXNET_STORE; default: model_store)"
-    )
-    p.add_argument(
-        "--model",
-        default=None,
-        help="NAME[:VERSION] (ALEXNET_MODEL; default: the only model in the store)",
-    )
-    if gallery:
-        p.add_argument(
-            "--gallery",
-            default=None,
-            metavar="FOLDER_OR_URL",
-            help="gallery: a folder (embedded, one process) or a postgresql:// URL (shared by "
-            "replicas) (ALEXNET_GALLERY; default: gallery)",
-        )
-    p.add_argument(
-        "--precision",
-        default=None,
-        help="auto, fp32, fp16 or int8 (ALEXNET_PRECISION; default: auto)",
-    )
-    p.add_argument(
-        "--device", default=None, help="auto, cuda or cpu (ALEXNET_DEVICE; default: auto)"
-    )
-    p.add_argument(
-        "--threads", type=int, default=None, help="onnxruntime threads (ALEXNET_THREADS)"
-    )
+    predict, which needs no gallery, with `gallery=False`)."""
+    add_settings_arguments(p, tuple(n for n in MODEL_SETTINGS if gallery or n != "gallery"))
 
 
 def add_listen_arguments(p: argparse.ArgumentParser) -> None:
     """--host and --port of the HTTP service (serve, quickstart)."""
-    p.add_argument(
-        "--host", default=None, help="address to listen on (ALEXNET_HOST; default: 127.0.0.1)"
-    )
-    p.add_argument("--port", type=int, default=None, help="port (ALEXNET_PORT; default: 8000)")
+    add_settings_arguments(p, LISTEN_SETTINGS)
 
 
 def settings_from(args: argparse.Namespace):

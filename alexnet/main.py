@@ -69,6 +69,8 @@ def setup_logging(level: int = logging.INFO) -> None:
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )
     logging.basicConfig(level=level, handlers=[handler], force=True)
+    # faiss.loader: which SIMD build it tried (AVX512, AVX2, ...) and why each one it lacks
+    # failed, at INFO, on every start
     for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "onnxruntime", "faiss.loader"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 

@@ -17,7 +17,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="alexnet plot",
         description="Draw a run's metrics.jsonl as three panels: training and validation loss; "
-        "training top-1, validation top-1 and top-5 error (%%); learning rate (log scale).",
+        "training top-1, validation top-1 and top-5 error (%); learning rate (log scale).",
     )
     p.add_argument(
         "run", type=Path, help="run folder written by `alexnet train`, or its metrics.jsonl"

@@ -44,15 +44,15 @@ CHECKPOINT_LAST = "checkpoint.pt"
 CHECKPOINT_BEST = "best.pt"
 METRICS_FILE = "metrics.jsonl"
 
-# Image files: what the folder readers (training sets, `alexnet index`) look for.
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
-# What the service accepts (Pillow's format names; a browser or a camera sends these, anything
-# else - SVG, PDF, PSD, ICO, ... - is refused) and the file suffix it stores each one under.
+# What the service accepts and training reads (Pillow's format names; a browser or a camera
+# sends these, anything else - SVG, PDF, PSD, ICO, ... - is refused) and the file suffix the
+# gallery stores each one under. The file names the folder readers look for are Pillow's
+# suffixes of these formats (core.imaging.IMAGE_SUFFIXES).
 FORMAT_SUFFIX = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif",
                  "BMP": ".bmp", "TIFF": ".tiff"}  # fmt: skip
 ACCEPTED_FORMATS = frozenset(FORMAT_SUFFIX)
 
-# The model store: model_store/<name>/<version>/ (../shared/CONTRACT.md, "Exported model").
+# The model store: model_store/<name>/<version>/ (docs/contract.md, "Exported model").
 STORE_DIR = "model_store"
 MANIFEST_FILE = "manifest.json"
 MODEL_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}

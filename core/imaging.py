@@ -13,12 +13,35 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from core.constants import IMAGE_SIZE, IMAGE_SUFFIXES
+from core.constants import ACCEPTED_FORMATS, IMAGE_SIZE
+
+# The file suffixes of the accepted formats, as Pillow registers them (.jpg, .jpeg, .jfif,
+# .jpe, .png, .apng, .gif, .webp, .bmp, .tif, .tiff, .mpo): what `find_images` looks for.
+IMAGE_SUFFIXES = frozenset(
+    suffix for suffix, fmt in Image.registered_extensions().items() if fmt in ACCEPTED_FORMATS
+)
+
+
+class UnsupportedFormatError(ValueError):
+    """A readable image in a format the service does not accept (so training does not either)."""
 
 
 def is_image_file(path: str | Path) -> bool:
-    """True for a file name with one of the suffixes every folder reader looks for."""
+    """True for a file name with the suffix of an accepted format (`IMAGE_SUFFIXES`)."""
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
+def check_format(img: Image.Image) -> None:
+    """Refuse an opened image whose format the service does not accept.
+
+    Raises:
+        UnsupportedFormatError: naming the format and the accepted ones.
+    """
+    if img.format not in ACCEPTED_FORMATS:
+        raise UnsupportedFormatError(
+            f"{img.format or 'this'} images are not accepted (the service and training read "
+            f"{', '.join(sorted(ACCEPTED_FORMATS))})"
+        )
 
 
 def find_images(folder: Path) -> list[Path]:
@@ -41,7 +64,8 @@ def find_images(folder: Path) -> list[Path]:
 def open_rgb(
     source: str | Path | bytes | io.BytesIO, *, draft_size: int = IMAGE_SIZE
 ) -> Image.Image:
-    """Open an image as RGB with its EXIF orientation applied.
+    """Open an image of an accepted format as RGB with its EXIF orientation applied (an
+    animation's first frame).
 
     Args:
         source: a path, the encoded bytes, or a binary file object.
@@ -49,10 +73,12 @@ def open_rgb(
 
     Raises:
         PIL.UnidentifiedImageError, OSError: the data is not a readable image.
+        UnsupportedFormatError: an image in a format the service does not accept.
     """
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     with Image.open(source) as img:
+        check_format(img)
         return prepare(img, draft_size=draft_size)
 
 

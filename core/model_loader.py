@@ -6,9 +6,11 @@ Shared by the service and the tools; needs onnxruntime and no torch.
     probs, fc7 = loaded.session.run(None, {"images": batch_uint8_nhwc})
 
 Precision "auto" takes fp16 when the session really runs on CUDA and the version has an
-fp16 file, int8 on CPU when it has an int8 file, else fp32. Whether CUDA is really in use
-is read from `session.get_providers()` after the session exists: onnxruntime-gpu lists
-CUDA as available on machines without a GPU and then quietly runs on CPU.
+fp16 file, int8 on CPU when it has an int8 file, else fp32. CUDA is asked for only where
+the NVIDIA driver sees a GPU (`core.gpu`): onnxruntime-gpu lists CUDA as available on
+machines without one, and asked for it there prints an error before it runs on the CPU.
+Whether CUDA is really in use is read from `session.get_providers()` after the session
+exists, and said in one log line.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import onnxruntime as ort
 
 from core import constants as C
 from core import store
+from core.gpu import cuda_gpus
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +65,20 @@ def session_options(threads: int | None) -> ort.SessionOptions:
     return options
 
 
+def why_not_cuda(device: str) -> str:
+    """Why onnxruntime will not be asked for CUDA, or "" when it will be."""
+    if device == "cpu":
+        return "as asked"
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return "this onnxruntime has no CUDA provider"
+    gpus, why = cuda_gpus()
+    return f"no CUDA GPU: {why}" if not gpus else ""
+
+
 def _providers(device: str) -> list:
     cpu = "CPUExecutionProvider"
-    if device == "cpu" or "CUDAExecutionProvider" not in ort.get_available_providers():
+    if why_not_cuda(device):
+        # asking onnxruntime-gpu for CUDA without a GPU prints an error before it falls back
         return [cpu]
     try:
         ort.preload_dlls(cuda=True, cudnn=True)  # CUDA / cuDNN from the nvidia-* pip packages
@@ -182,15 +196,23 @@ def load_model(
                 check_file(folder, manifest, wanted), "cpu" if not on_cuda else device, threads
             )
             chosen = wanted
-    if device == "cuda" and not on_cuda:
-        log.warning(
-            "CUDA was asked for but onnxruntime runs %s on %s",
-            manifest.id,
-            session.get_providers()[0],
-        )
     check_io(session, manifest)
     provider = session.get_providers()[0]
-    log.info("loaded %s (%s) from %s on %s", manifest.id, chosen, folder, provider)
+    # the one line that says where the model runs
+    if on_cuda:
+        where = "the GPU"
+    else:
+        why = why_not_cuda(device) or "CUDA did not start; onnxruntime's message above says why"
+        where = f"the CPU ({why})"
+    log.log(
+        logging.WARNING if device == "cuda" and not on_cuda else logging.INFO,
+        "%s (%s) from %s runs on %s with onnxruntime's %s",
+        manifest.id,
+        chosen,
+        folder,
+        where,
+        provider,
+    )
     return LoadedModel(
         manifest=manifest, folder=folder, precision=chosen, session=session, provider=provider
     )

@@ -48,7 +48,7 @@ class ModelFile(BaseModel):
 
 
 class Manifest(BaseModel):
-    """`manifest.json` (see ../shared/CONTRACT.md, "Exported model")."""
+    """`manifest.json` (see docs/contract.md, "Exported model")."""
 
     format: int = 1
     name: str

@@ -19,9 +19,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.routing import compile_path
+from starlette.routing import BaseRoute, Match, Mount, Route, compile_path
+from starlette.types import Scope
 
 from core.model_loader import LoadedModel
 from service.body_limit import BodyLimitMiddleware
@@ -39,6 +41,26 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a client's X-Request-ID, 
 
 
 GALLERY_RETRY_S = 5.0  # between tries to reach a gallery database at start-up
+# Swagger UI's and ReDoc's scripts and styles, served from the fastapi-offline package (no CDN)
+DOCS_ASSETS = "/docs-assets"
+
+
+def endpoint_label(routes: list[BaseRoute], scope: Scope, arrived: Scope) -> str:
+    """The route template a request matched, the metrics' `endpoint` label: "/gallery/{item_id}",
+    "/docs", "/static/{path}" for a file of a mounted folder, "unmatched" for none.
+
+    FastAPI records the route in the `scope` only for its own API routes; the docs pages and
+    the mounted folders (the app's own routes and mounts, not those of included routers) are
+    found by matching the request as it `arrived` (before a mount changed its root path)
+    against them again. A request answered before routing (a 413 from the body limit) is
+    "unmatched" unless it is for one of those."""
+    route = scope.get("route")
+    if route is None:
+        plain = (r for r in routes if isinstance(r, Route | Mount))
+        route = next((r for r in plain if r.matches(arrived)[0] is Match.FULL), None)
+    if route is None:
+        return "unmatched"
+    return f"{route.path}/{{path}}" if isinstance(route, Mount) else route.path
 
 
 async def open_gallery_when_reachable(state: AppState, loaded: LoadedModel) -> None:
@@ -74,11 +96,10 @@ async def load(state: AppState) -> None:
         await open_gallery_when_reachable(state, loaded)
         state.failure = None
         state.metrics.gallery_items.set(len(state.gallery))
-        log.info(
-            "ready: %s (%s) on %s; gallery %s with %d items",
+        log.info(  # where the model runs was said when it loaded (core.model_loader)
+            "ready: %s (%s); gallery %s with %d items",
             loaded.id,
             loaded.precision,
-            loaded.provider,
             state.gallery.location,
             len(state.gallery),
         )
@@ -101,12 +122,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state.gallery is not None:
             state.gallery.close()
 
-    app = FastAPI(
+    # /docs (Swagger UI) and /redoc load their scripts from DOCS_ASSETS, not from a CDN, so
+    # they work on a machine without internet.
+    app = FastAPIOffline(
         title="AlexNet classification and similarity service",
         description="Top-k labels and FC7 similarity search with the ten-crop AlexNet "
         "of the model store.",
         version="1.0",
         lifespan=lifespan,
+        static_url=DOCS_ASSETS,
+        favicon_url="/static/favicon.svg",
     )
     app.state.alexnet = state
     app.include_router(predict.router)
@@ -125,9 +150,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not REQUEST_ID_RE.fullmatch(request_id):  # it goes into logs and a header
             request_id = uuid.uuid4().hex[:16]
         start = time.perf_counter()
+        arrived = dict(request.scope)
         response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = route.path if route is not None else "unmatched"
+        endpoint = endpoint_label(app.router.routes, request.scope, arrived)
         elapsed = time.perf_counter() - start
         state.metrics.requests.labels(request.method, endpoint, str(response.status_code)).inc()
         state.metrics.latency.labels(endpoint).observe(elapsed)

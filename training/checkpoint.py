@@ -1,4 +1,4 @@
-"""Checkpoints as the contract describes them (../shared/CONTRACT.md, "Checkpoint")."""
+"""Checkpoints as the contract describes them (docs/contract.md, "Checkpoint")."""
 
 from __future__ import annotations
 

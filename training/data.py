@@ -1,9 +1,13 @@
 """Class-per-folder image sets, decoded to the paper's 256x256 input.
 
-    root/train/<class>/*.jpg|png|...     root/val/<class>/*
+    root/train/<class>/*     root/val/<class>/*
 
-Files that cannot be decoded are skipped and counted (a warning names each one), never a
-crash mid-epoch. An empty or malformed folder fails before training starts.
+Every file in a class folder is an item, whatever its name: what it holds decides, as in
+the service, which reads the same formats (`core.constants.ACCEPTED_FORMATS`: JPEG, PNG, GIF
+(the first frame), WebP, TIFF, BMP). Files that cannot be decoded, or hold another format,
+are skipped and counted (a warning names each one), never a crash mid-epoch and never left
+out unsaid. Hidden files (.DS_Store, ._name) are left out, counted in one line. An empty or
+malformed folder fails before training starts.
 """
 
 from __future__ import annotations
@@ -36,15 +40,28 @@ class ImageFolder256(Dataset):
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"{root} is not a folder (expected {root}/<class>/<images>)")
+        hidden: list[str] = []
+
+        def is_item(path: str) -> bool:
+            if Path(path).name.startswith("."):
+                hidden.append(path)
+                return False
+            return True
+
         try:
             # torchvision scans the class folders; we decode ourselves (load_256, shared with
             # the service), so the loader only has to return the path.
-            self.folder = ImageFolder(str(root), loader=str, is_valid_file=is_image_file)
+            self.folder = ImageFolder(str(root), loader=str, is_valid_file=is_item)
         except (FileNotFoundError, RuntimeError) as e:
             raise ValueError(
-                f"{root} is not a class-per-folder image set: {e}. Expected {root}/<class>/<image> "
-                f"with extensions {', '.join(sorted(C.IMAGE_SUFFIXES))}"
+                f"{root} is not a class-per-folder image set: {e}. Expected {root}/<class>/<image>"
+                f" (images in {', '.join(sorted(C.ACCEPTED_FORMATS))})"
             ) from None
+        if hidden:
+            log.info("%s: left out %d hidden file(s), e.g. %s", root, len(hidden), hidden[0])
+        if unlikely := [p for p, _ in self.folder.samples if not is_image_file(p)]:
+            log.info("%s: %d file(s) without an image suffix, read by content (e.g. %s)",
+                     root, len(unlikely), unlikely[0])  # fmt: skip
         if len(self.folder.classes) < 2:
             raise ValueError(
                 f"{root} has {len(self.folder.classes)} class folder(s); need at least 2"
@@ -68,7 +85,7 @@ class ImageFolder256(Dataset):
         try:
             image = load_256(path)
         except Exception as e:  # noqa: BLE001 - any decoder failure means "skip this file"
-            log.warning("skipping unreadable image %s: %s", path, e)
+            log.warning("skipping unreadable image %s: %s", path, e)  # counted by the collate
             return None, label
         return torch.from_numpy(image).permute(2, 0, 1).contiguous(), label  # (3, 256, 256)
 

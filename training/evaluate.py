@@ -1,5 +1,8 @@
 """Top-1 / top-5 error with one centre crop or the paper's ten crops.
 
+With 5 classes or fewer there is no top-5 error (None): the five most probable classes are
+all of them, and a flat 0 would say nothing.
+
     alexnet evaluate runs/alexnet/best.pt --data data/synth            # val split
     alexnet evaluate best.pt --data /datasets/imagenet --split val --batch-size 256
     alexnet evaluate runs/a/best.pt runs/b/best.pt --data data/synth   # an ensemble
@@ -35,6 +38,8 @@ from training.presets import Normalize
 from training.shard_loader import make_shard_loader
 
 log = logging.getLogger(__name__)
+
+TOP5 = 5  # the paper's second figure: is the true class among the five most probable?
 
 
 def evaluate(
@@ -83,6 +88,7 @@ def score(
         progress, desc: the progress bar (main process only).
     """
     sums = [0.0, 0.0, 0.0, 0.0, 0.0]  # loss, top-1 wrong, top-5 wrong, images, skipped
+    classes = TOP5 + 1  # set by the first batch
     bar = tqdm(loader, desc=desc, disable=not (progress and dist.is_main_process()), leave=False)
     for images, labels, skipped in bar:
         sums[4] += skipped
@@ -91,8 +97,8 @@ def score(
         images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             probs = predict(images)
-        k = min(5, probs.shape[1])
-        top = probs.topk(k, dim=1).indices  # (N, k)
+        classes = probs.shape[1]
+        top = probs.topk(min(TOP5, classes), dim=1).indices  # (N, k)
         hit = top == labels[:, None]
         sums[0] += F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum").item()
         sums[1] += (~hit[:, 0]).sum().item()
@@ -104,10 +110,16 @@ def score(
     return {
         "loss": loss / n,
         "top1_err": wrong1 / n,
-        "top5_err": wrong5 / n,
+        "top5_err": wrong5 / n if has_top5(classes) else None,
         "images": int(n),
         "skipped": int(skipped),
     }
+
+
+def has_top5(num_classes: int) -> bool:
+    """Whether a top-5 error says anything: with 5 classes or fewer the five most probable
+    are every class, and the error is 0 whatever the model does (it is then None)."""
+    return num_classes > TOP5
 
 
 def resolve_device(name: str) -> torch.device:
@@ -142,8 +154,8 @@ def evaluate_checkpoint(
         progress: show progress bars.
 
     Returns:
-        {"single_crop": {...}, "ten_crop": {...}}, each with loss, top1_err, top5_err,
-        images and skipped.
+        {"single_crop": {...}, "ten_crop": {...}}, each with loss, top1_err, top5_err (None
+        with 5 classes or fewer: `has_top5`), images and skipped.
     """
     target = resolve_device(device)
     ckpts = load_members(checkpoint_paths(checkpoints))
@@ -174,10 +186,17 @@ def split_loader(data: str | Path, split: str, labels: list[str], *, batch_size:
 
 
 def error_table(results: dict[str, dict[str, float]]) -> str:
-    """`evaluate_checkpoint`'s figures as a small text table."""
-    lines = [f"{'':12} {'top-1 err':>10} {'top-5 err':>10} {'images':>8}"]
-    lines += [f"{name:12} {r['top1_err']:>10.2%} {r['top5_err']:>10.2%} {r['images']:>8}"
-              for name, r in results.items()]  # fmt: skip
+    """`evaluate_checkpoint`'s figures as a small text table. Without a top-5 error (5 classes
+    or fewer: `has_top5`) it has no top-5 column, and says why."""
+    top5 = all(r["top5_err"] is not None for r in results.values())
+    head = f"{'':12} {'top-1 err':>10} " + (f"{'top-5 err':>10} " if top5 else "")
+    lines = [head + f"{'images':>8}"]
+    for name, r in results.items():
+        top5_cell = f"{r['top5_err']:>10.2%} " if top5 else ""
+        lines.append(f"{name:12} {r['top1_err']:>10.2%} {top5_cell}{r['images']:>8}")
+    if not top5:
+        lines.append(f"no top-5 error: with {TOP5} classes or fewer the five most probable are "
+                     "all of them")  # fmt: skip
     if skipped := results["single_crop"]["skipped"]:
         lines.append(f"{skipped} unreadable file(s) skipped")
     return "\n".join(lines)

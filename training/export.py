@@ -4,7 +4,7 @@
     alexnet export runs/a/best.pt runs/b/best.pt --name synth-2cnn    # an ensemble
 
 The graph holds the whole test-time procedure of the paper, so a client only has to
-send the 256x256 image (see ../shared/CONTRACT.md, "Exported model"):
+send the 256x256 image (see docs/contract.md, "Exported model"):
 
     images uint8 [N, 256, 256, 3] -> cast, NCHW, normalize -> ten crops [N*10, 3, c, c]
         -> AlexNet (eval: no dropout) -> softmax -> mean over the crops -> probs [N, K]

@@ -92,7 +92,13 @@ def curves_figure(rows: list[dict]):
     for ax, (title, (ylabel, fields)) in zip(axes, CURVES.items(), strict=True):
         for field in fields:
             factor = 100.0 if field in ERROR_FIELDS else 1.0
-            ax.plot(epochs, [factor * r[field] for r in rows], marker=".", label=field)
+            shown = [
+                (e, factor * r[field])
+                for e, r in zip(epochs, rows, strict=True)
+                if r[field] is not None
+            ]  # val_top5_err is None with 5 classes or fewer
+            if shown:
+                ax.plot(*zip(*shown, strict=True), marker=".", label=field)
         ax.set(title=title, xlabel="epoch", ylabel=ylabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(True, alpha=0.3)

@@ -358,12 +358,13 @@ def train(config: TrainConfig) -> dict:
         history.append(row)
         improved = val["top1_err"] < best
         best = min(best, val["top1_err"])
+        top5 = row["val_top5_err"]  # None with 5 classes or fewer (training.evaluate.has_top5)
         log.info(
-            "epoch %d: loss %.4f  val top-1 err %.2f%%  top-5 err %.2f%%  lr %.2g  %.0f img/s%s",
+            "epoch %d: loss %.4f  val top-1 err %.2f%%%s  lr %.2g  %.0f img/s%s",
             epoch,
             row["train_loss"],
             100 * row["val_top1_err"],
-            100 * row["val_top5_err"],
+            "" if top5 is None else f"  top-5 err {100 * top5:.2f}%",
             lr,
             row["images_per_s"],
             "  (best)" if improved else "",

@@ -1,5 +1,6 @@
 // The page at /: upload or drop an image (or pick a gallery sample); show the top-5 labels
-// (POST /predict) and the most similar gallery images (POST /similar). Plain JS, no CDN.
+// (POST /predict; all of them for a model of 5 classes or fewer) and the most similar gallery
+// images (POST /similar). Plain JS, no CDN.
 "use strict";
 
 const TOP_K = 5;
@@ -175,12 +176,16 @@ async function loadModel() {
   }
   $("model-line").textContent =
     `Model ${m.id} (${m.arch}, ${m.num_classes} classes), ${m.precision} on ${m.provider}`;
+  // /predict gives at most as many labels as the model has classes: say which it shows
+  $("predictions-heading").textContent =
+    `Top ${Math.min(TOP_K, m.num_classes)} of ${m.num_classes} classes`;
   const rows = [["model", m.id], ["architecture", m.arch], ["classes", m.labels.join(", ")],
     ["precision", m.precision], ["onnxruntime provider", m.provider]];
   for (const [key, title] of [["single_crop", "one centre crop"], ["ten_crop", "ten crops"]]) {
     const f = m.metrics[key];
-    if (f) rows.push([`val error, ${title}`,
-      `top-1 ${percent(f.top1_err)}, top-5 ${percent(f.top5_err)}`]);
+    // no top-5 error with 5 classes or fewer (every class is in the top five): top-1 only
+    if (f) rows.push([`val error, ${title}`, `top-1 ${percent(f.top1_err)}` +
+      (f.top5_err == null ? "" : `, top-5 ${percent(f.top5_err)}`)]);
   }
   if (m.metrics.source) rows.push(["figures from", m.metrics.source]);
   $("figures").replaceChildren(...rows.map(([k, v]) =>
@@ -188,7 +193,7 @@ async function loadModel() {
   const captions = { filters: "conv1 kernels (the paper's Figure 3)",
     curves: "training curves: loss, top-1 / top-5 error, learning rate" };
   $("pictures").replaceChildren(...Object.entries(m.pictures ?? {}).map(([name, url]) =>
-    el("figure", {}, el("img", { src: url, alt: captions[name] ?? name }),
+    el("figure", {}, el("img", { src: url, alt: captions[name] ?? name, className: name }),
       el("figcaption", { className: "muted small", textContent: captions[name] ?? name }))));
   loadSamples(); // the gallery is ready once the model is
 }

@@ -28,6 +28,7 @@ def test_each_subcommand_has_help_with_defaults(name: str) -> None:
     proc = _run(name, "--help")
     assert proc.returncode == 0, proc.stderr
     assert f"alexnet {name}" in proc.stdout
+    assert "%%" not in proc.stdout  # a description is not %-formatted; only help strings are
 
 
 def test_train_help_states_the_papers_defaults() -> None:

@@ -77,3 +77,20 @@ def test_broken_manifest_missing_versions_and_precisions(store_copy: Path) -> No
     (store_copy / "tiny" / "1" / "manifest.json").write_text("{not json")
     with pytest.raises(ModelLoadError, match="not a valid manifest"):
         load_model(store_copy, "tiny", device="cpu")
+
+
+def test_cuda_asked_for_without_a_gpu_runs_on_cpu_and_says_why(exported: Path, caplog) -> None:
+    import logging
+
+    from core.gpu import cuda_gpus
+
+    gpus, why = cuda_gpus()
+    if gpus:
+        pytest.skip("this machine has a CUDA GPU")
+    assert why  # the driver's answer, in words
+    with caplog.at_level(logging.INFO, logger="core.model_loader"):
+        loaded = load_model(exported.parent.parent, "tiny:1", device="cuda")
+    assert loaded.provider == "CPUExecutionProvider"
+    said = [r for r in caplog.records if r.name == "core.model_loader"]
+    assert len(said) == 1 and said[0].levelno == logging.WARNING
+    assert f"runs on the CPU (no CUDA GPU: {why})" in said[0].getMessage()

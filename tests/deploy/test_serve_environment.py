@@ -105,6 +105,9 @@ def test_alexnet_serves_from_the_serve_environment(
         # the web page and its script are packaged with the service
         assert "<title>" in httpx.get(f"{url}/").text
         assert httpx.get(f"{url}/static/app.js").status_code == 200
+        # and so are /docs's scripts (fastapi-offline, pinned in requirements/serve.txt)
+        assert "/docs-assets/swagger-ui-bundle.js" in httpx.get(f"{url}/docs").text
+        assert httpx.get(f"{url}/docs-assets/swagger-ui-bundle.js").status_code == 200
         # the container's health check, from the same environment
         port = url.rsplit(":", 1)[1]
         check = subprocess.run([serve_venv / "python", "-m", "service.healthcheck"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -172,6 +173,25 @@ def test_health_models_metrics_and_docs(server: str) -> None:
     schema = httpx.get(f"{server}/openapi.json").json()
     assert {"/predict", "/similar", "/gallery", "/gallery/{item_id}"} <= schema["paths"].keys()
     assert httpx.get(f"{server}/docs").status_code == 200
+
+
+def test_docs_assets_are_served_and_named_in_the_metrics(server: str) -> None:
+    """/docs and /redoc load their scripts from this server, and /metrics counts the docs
+    pages, the schema and the asset files under their own routes, not as "unmatched"."""
+    docs = httpx.get(f"{server}/docs").text
+    scripts = re.findall(r'(?:src|href)="([^"]+\.(?:js|css))"', docs)
+    assert scripts and all(s.startswith("/docs-assets/") for s in scripts), scripts
+    for asset in scripts:
+        r = httpx.get(f"{server}{asset}")
+        assert r.status_code == 200 and len(r.content) > 10_000, asset
+    redoc = httpx.get(f"{server}/redoc").text
+    assert '"/docs-assets/redoc.standalone.js"' in redoc and "https://" not in redoc
+    httpx.get(f"{server}/openapi.json")
+    httpx.get(f"{server}/static/app.js")
+    text = httpx.get(f"{server}/metrics").text
+    for endpoint in ("/docs", "/redoc", "/openapi.json", "/docs-assets/{path}", "/static/{path}"):
+        assert f'alexnet_requests_total{{endpoint="{endpoint}",method="GET",status="200"}}' in text
+    assert 'endpoint="unmatched",method="GET",status="200"' not in text
 
 
 def test_request_larger_than_the_limit_is_refused_before_reading(server: str) -> None:

@@ -42,3 +42,36 @@ def test_gallery_exact_max(monkeypatch) -> None:
     monkeypatch.setenv("ALEXNET_GALLERY_EXACT_MAX", "-1")
     with pytest.raises(pydantic.ValidationError, match="gallery_exact_max"):
         Settings()
+
+
+def test_serve_help_lists_every_setting_the_service_reads() -> None:
+    """`alexnet serve --help` (the real command) names each field of Settings: its option, its
+    environment variable and its description; the API key only as a variable."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "2000"}  # no line wrapping (it may break at a hyphen)
+    proc = subprocess.run([sys.executable, "-m", "alexnet", "serve", "--help"],
+                          capture_output=True, text=True, timeout=120, env=env)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    help_text = " ".join(proc.stdout.split())  # argparse wraps lines
+    for name, field in Settings.model_fields.items():
+        assert f"ALEXNET_{name.upper()}" in help_text, name
+        assert " ".join(field.description.split()) in help_text, name
+        option = f"--{name.replace('_', '-')}"
+        assert (option in help_text) == (name != "api_key"), option
+    assert "%%" not in help_text
+
+
+def test_every_serve_option_reaches_the_settings() -> None:
+    args = get_args_parser().parse_args(
+        ["--max-batch", "4", "--max-wait-ms", "2.5", "--gallery-exact-max", "10",
+         "--keep-alive-s", "30", "--device", "cpu", "--threads", "2", "--store", "/tmp/s",
+         "--max-metadata-bytes", "100"]
+    )  # fmt: skip
+    s = settings_from(args)
+    assert (s.max_batch, s.max_wait_ms, s.gallery_exact_max, s.keep_alive_s) == (4, 2.5, 10, 30)
+    assert (s.device, s.threads, str(s.store), s.max_metadata_bytes) == ("cpu", 2, "/tmp/s", 100)
+    with pytest.raises(SystemExit):  # argparse names the choices
+        get_args_parser().parse_args(["--precision", "fp8"])

@@ -30,6 +30,35 @@ def test_not_ready_is_503_with_the_reason(tmp_path: Path, sample_images) -> None
         assert httpx.get(f"{url}/health/live").status_code == 200
 
 
+def test_start_up_log_is_quiet_and_says_once_where_the_model_runs(
+    exported: Path, tmp_path: Path
+) -> None:
+    """No red onnxruntime error about CUDA where there is no GPU, none of faiss's SIMD
+    fallback lines, no warning at all: one plain line says where the model runs."""
+    from core.gpu import cuda_gpus
+    from tests.service.conftest import serve
+
+    log = tmp_path / "server.log"
+    with serve(exported.parent.parent, tmp_path / "gallery", log=log) as server:
+        httpx.get(f"{server.url}/docs")
+    lines = log.read_text().splitlines()
+    assert not [line for line in lines if "\x1b[" in line], "colour codes: onnxruntime's logger"
+    assert not [line for line in lines if "AVX" in line or "faiss.loader" in line]
+    assert not [line for line in lines if " WARNING " in line or " ERROR " in line]
+    assert not [line for line in lines if "[E:" in line or "[W:" in line]
+    named = [line for line in lines if "ExecutionProvider" in line]
+    assert len(named) == 1, named
+    gpus, why = cuda_gpus()
+    if gpus:
+        assert "runs on the GPU with onnxruntime's CUDAExecutionProvider" in named[0]
+    else:
+        assert (
+            f"runs on the CPU (no CUDA GPU: {why}) with onnxruntime's CPUExecutionProvider"
+            in (named[0])
+        )
+    assert "tiny:1 (fp32)" in named[0]
+
+
 def test_gallery_survives_a_restart(exported: Path, tmp_path: Path, sample_images) -> None:
     gallery = tmp_path / "gallery"
     with running_server(exported.parent.parent, gallery) as url:

@@ -39,10 +39,22 @@ sync_api = pytest.importorskip("playwright.sync_api")
 
 
 @pytest.fixture(scope="module")
-def page_server(exported: Path, sample_images, tmp_path_factory) -> Iterator[str]:
+def page_store(trained_run: Path, synth_root: Path, tmp_path_factory) -> Path:
+    """The session's run exported as `alexnet export --data` does: tiny:1 with its validation
+    figures (one and ten crops) and both pictures (conv1's kernels, the training curves)."""
+    from training.export import export_run
+
+    store_dir = tmp_path_factory.mktemp("page-store")
+    export_run(trained_run / "checkpoint.pt", store_dir=store_dir, name="tiny", data=synth_root,
+               workers=0, progress=False)  # fmt: skip
+    return store_dir
+
+
+@pytest.fixture(scope="module")
+def page_server(page_store: Path, sample_images, tmp_path_factory) -> Iterator[str]:
     """A server whose gallery holds the validation images, labelled by class."""
     gallery = tmp_path_factory.mktemp("page") / "gallery"
-    with running_server(exported.parent.parent, gallery) as url:
+    with running_server(page_store, gallery) as url:
         for label, data in sample_images:
             r = httpx.post(
                 f"{url}/gallery", files=[("image", ("x", data))], data={"label": label}, timeout=60
@@ -154,3 +166,73 @@ def test_errors_are_said_in_plain_words(page, tmp_path: Path) -> None:
     page.wait_for_selector("#error:not([hidden])")
     assert "not an image" in page.inner_text("#error")
     assert page.query_selector_all("#predictions li.prediction") == []
+
+
+def test_docs_render_with_the_network_cut(browser, page_server: str) -> None:
+    """/docs (Swagger UI) lists the operations when nothing but this server can be reached:
+    every request to another host is aborted, as on a machine without internet."""
+    origin = urlsplit(page_server).netloc
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    cut: list[str] = []
+
+    def only_loopback(route) -> None:
+        if urlsplit(route.request.url).netloc in (origin, ""):
+            route.continue_()
+        else:
+            cut.append(route.request.url)
+            route.abort("internetdisconnected")
+
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    page.goto(page_server + "/docs")
+    page.wait_for_selector(".opblock-summary-path", timeout=30_000)
+    paths = {e.inner_text().strip() for e in page.query_selector_all(".opblock-summary-path")}
+    schema = httpx.get(f"{page_server}/openapi.json").json()
+    assert {"/predict", "/similar", "/gallery", "/gallery/{item_id}"} <= paths
+    assert paths == set(schema["paths"])  # every operation of the schema is shown
+    assert page.inner_text(".info .title").startswith(schema["info"]["title"])
+    assert cut == [], f"/docs asked for outside resources: {cut}"
+    context.close()
+
+
+def test_heading_says_how_many_labels_of_how_many_classes(page, page_server: str) -> None:
+    """A 4-class model: the heading says "Top 4 of 4 classes", the four are listed, and the
+    figures give no top-5 error (every class is in the top five)."""
+    n = httpx.get(f"{page_server}/models").json()["loaded"]["num_classes"]
+    page.wait_for_selector("#samples .sample")
+    assert page.inner_text("#predictions-heading") == f"Top {min(5, n)} of {n} classes"
+    page.query_selector("#samples .sample").click()
+    assert len(_shown_predictions(page)) == min(5, n)
+    metrics = httpx.get(f"{page_server}/models").json()["loaded"]["metrics"]
+    figures = page.inner_text("#figures")
+    for protocol, title in (("single_crop", "one centre crop"), ("ten_crop", "ten crops")):
+        assert metrics[protocol]["top5_err"] is None  # not 0: every class is in the top five
+        assert f"val error, {title}\ttop-1 {100 * metrics[protocol]['top1_err']:.1f}%" in figures
+    assert "top-5" not in figures
+
+
+def test_model_pictures_keep_their_proportions(page, page_server: str, tmp_path: Path) -> None:
+    """Each picture of the model (conv1's kernels, the curves) is drawn at the width / height
+    ratio of its PNG, whatever the width of the window; where it fits, at its own size (a
+    resampled kernel grid gives kernels of unequal sizes)."""
+    from PIL import Image
+
+    pictures = httpx.get(f"{page_server}/models").json()["loaded"]["pictures"]
+    assert set(pictures) == {"filters", "curves"}
+    for width in (1200, 700, 380):
+        page.set_viewport_size({"width": width, "height": 900})
+        page.wait_for_selector("#pictures img")
+        page.wait_for_load_state("networkidle")
+        for url in pictures.values():
+            png = tmp_path / "picture.png"
+            png.write_bytes(httpx.get(f"{page_server}{url}").content)
+            with Image.open(png) as img:
+                want = img.width / img.height
+            box = page.eval_on_selector(
+                f'#pictures img[src="{url}"]',
+                "e => { const r = e.getBoundingClientRect(); return [r.width, r.height]; }",
+            )
+            assert box[0] > 0 and box[0] / box[1] == pytest.approx(want, rel=0.02), (width, box)
+            assert box[0] <= width  # and it fits the window
+            if url.endswith("/filters") and img.width < width - 100:
+                assert box == [img.width, img.height]  # 1:1, every kernel the same size

@@ -61,9 +61,12 @@ def test_evaluate_command_reports_both_protocols(
     # The single-crop pass is the same computation the training run logged for its last epoch.
     last = load_checkpoint(trained_run / "checkpoint.pt")["metrics"][-1]
     assert results["single_crop"]["top1_err"] == pytest.approx(last["val_top1_err"])
-    assert results["single_crop"]["top5_err"] == pytest.approx(last["val_top5_err"])
+    # 4 classes: the five most probable are all of them, so there is no top-5 error to report
+    assert results["single_crop"]["top5_err"] is None and last["val_top5_err"] is None
     for r in results.values():
-        assert r["images"] == 12 and 0 <= r["top5_err"] <= r["top1_err"] <= 1
+        assert r["images"] == 12 and 0 <= r["top1_err"] <= 1 and r["top5_err"] is None
+    assert "top-5 err" not in text.splitlines()[0]
+    assert "no top-5 error: with 5 classes or fewer" in text
 
 
 def test_evaluate_refuses_a_folder_with_other_classes(
@@ -93,7 +96,26 @@ def test_evaluate_reads_a_prepared_set_as_its_folders(
         got = prepared[protocol]
         assert got["images"] == want["images"] == 12
         assert got["top1_err"] == pytest.approx(want["top1_err"])
-        assert got["top5_err"] == pytest.approx(want["top5_err"])
+        assert got["top5_err"] is want["top5_err"] is None  # 4 classes
         assert got["loss"] == pytest.approx(want["loss"], rel=1e-5)
     with pytest.raises(ValueError, match="no split 'test'"):
         evaluate_checkpoint(trained_run / "checkpoint.pt", prepared_raw, split="test", **kwargs)
+
+
+@pytest.mark.parametrize("classes", [3, 5, 6, 8])
+def test_top5_error_is_reported_only_above_five_classes(classes: int) -> None:
+    """Two images: the first's class is the most probable, the second's the least. With more
+    than five classes the second is a top-5 miss; with five or fewer there is no top-5 error
+    (every class is in the top five), not a flat 0."""
+    from training.evaluate import score
+
+    labels = torch.tensor([0, 1])
+    probs = torch.full((2, classes), 0.5 / (classes - 1))
+    probs[0, 0] = 0.5
+    probs[1, 1] = 0.01
+    probs[1, 0] = 0.5
+    probs = probs / probs.sum(1, keepdim=True)
+    loader = [(torch.zeros(2, 3, 4, 4, dtype=torch.uint8), labels, 0)]
+    r = score(lambda _: probs, loader, device=torch.device("cpu"), progress=False)
+    assert r["top1_err"] == 0.5 and r["images"] == 2
+    assert r["top5_err"] == (0.5 if classes > 5 else None)

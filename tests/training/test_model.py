@@ -9,7 +9,7 @@ from torch import nn
 
 from training.model import LocalResponseNorm, build_model, weight_layers
 
-# The paper's layers for 1000 classes (see ../shared/NOTES.md: conv2/4/5 grouped in two).
+# The paper's layers for 1000 classes (conv2/4/5 grouped in two, as on the paper's two GPUs).
 PAPER_PARAMS = {
     "conv1": 34_944, "conv2": 307_456, "conv3": 885_120, "conv4": 663_936, "conv5": 442_624,
     "fc6": 37_752_832, "fc7": 16_781_312, "fc8": 4_097_000,

@@ -83,3 +83,21 @@ def test_agreement_measures_top1_and_top5() -> None:
     assert same["top1_agreement"] == 1 and same["top5_overlap"] == 1
     swapped = agreement(ref, ref[:, ::-1].copy())
     assert swapped["top1_agreement"] == 0 and swapped["top5_overlap"] == pytest.approx(4 / 5)
+
+
+def test_fp16_range_warnings_become_one_log_line(exported: Path, tmp_path: Path, caplog) -> None:
+    """A trained model has weights below float16's smallest normal value: onnxconverter-common
+    warns once per tensor; the conversion says it once, in the log."""
+    import logging
+    import warnings
+
+    from training.quantize import convert_fp16
+
+    out = tmp_path / "model.fp16.onnx"
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        convert_fp16(exported / "model.onnx", out)
+    assert [str(w.message) for w in caught if "float32 number" in str(w.message)] == []
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fp16:")]
+    assert len(lines) == 1 and "rounded" in lines[0], lines
+    assert out.stat().st_size > 0
