@@ -26,8 +26,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from alexnet.args import UsageError, add_model_arguments, settings_from
 from alexnet.predicting import Outcome, Predictor, ServiceError
-from core.constants import IMAGE_SUFFIXES
-from core.imaging import find_images
+from core.imaging import IMAGE_SUFFIXES, find_images
 
 log = logging.getLogger(__name__)
 
