@@ -206,9 +206,13 @@ class ModelSwitcher:
     # ----------------------------------------------------------------- waiting
 
     async def replaced(self, engine: Engine) -> bool:
-        """After a request found the gallery bound to another model than `engine`'s: wait
-        for a running switch to settle; True if the app serves another engine by then."""
-        if self.state.engine is engine and self.running:
+        """After a request found the gallery bound to another model than `engine`'s: True if
+        the app serves another engine, waiting for this replica's switch if it is in its
+        last step (its gallery switched, its engine about to). A replica still following
+        another's switch answers at once (False: 503 with Retry-After)."""
+        job = self.job
+        last_step = job is not None and job.kind == "switch" and job.state == "switching"
+        if self.state.engine is engine and last_step:
             try:
                 await asyncio.wait_for(self._settled.wait(), SETTLE_WAIT_S)
             except TimeoutError:

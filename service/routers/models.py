@@ -59,6 +59,7 @@ async def models(state: StateDep) -> ModelsResponse:
     dependencies=[ApiKeyDep],
     responses={
         **error_responses(401, 409, 422, 503),
+        400: {"model": Error, "description": "a body that is not JSON"},
         404: {"model": Error, "description": "no such model or version in the store"},
     },
 )
