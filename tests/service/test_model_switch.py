@@ -358,3 +358,17 @@ def test_replicas_on_postgresql_follow_a_switch(
         for url in (a.url, b.url):
             for item_id, data in everything.items():
                 found_at_zero(url, item_id, data)
+
+
+def test_the_contract_check_runs_the_file(exported: Path) -> None:
+    """A model whose fc7 does not fit the gallery is refused before any re-embedding."""
+    from core.model_loader import ModelLoadError
+    from service.gallery import ModelBinding
+    from service.model_switch import check_contract, spec_of
+
+    loaded = load_model(exported.parent.parent, "tiny:1", precision="fp32", device="cpu")
+    check_contract(loaded, 4096)
+    with pytest.raises(ModelLoadError, match=r"'fc7': \(1, 4096\).*'fc7': \(1, 2048\)"):
+        check_contract(loaded, 2048)
+    assert spec_of(ModelBinding("tiny:2/int8", "a" * 64, 4096), "auto") == ("tiny:2", "int8")
+    assert spec_of(ModelBinding("tiny:2", "a" * 64, 4096), "auto") == ("tiny:2", "auto")
