@@ -30,8 +30,8 @@ from service.decode import ImageError
 from service.deps import AppState, NotReadyError
 from service.engine import Engine, OverloadedError
 from service.gallery import GalleryModelChangedError, GalleryUnavailableError
-from service.model_switch import ModelSwitcher
-from service.resources import load_served_model, open_gallery
+from service.model_switch import ModelSwitcher, open_served_gallery
+from service.resources import load_served_model
 from service.routers import gallery, health, models, page, predict
 
 log = logging.getLogger("service")
@@ -46,7 +46,7 @@ async def open_gallery_when_reachable(state: AppState, loaded: LoadedModel) -> N
     meanwhile; /health/ready says why it is not ready)."""
     while True:
         try:
-            state.gallery = await run_in_threadpool(open_gallery, state.settings, loaded)
+            state.gallery = await run_in_threadpool(open_served_gallery, state.settings, loaded)
             return
         except GalleryUnavailableError as e:
             state.failure = f"waiting for the gallery: {e}"

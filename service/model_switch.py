@@ -48,9 +48,19 @@ from core import constants as C
 from core import store
 from core.model_loader import LoadedModel, ModelLoadError, load_model
 from core.store import now_iso
+from service.config import Settings
 from service.engine import Engine, OverloadedError
-from service.gallery import GalleryBackend, GalleryUnavailableError, ModelBinding
+from service.gallery import (
+    GalleryBackend,
+    GalleryModelMismatchError,
+    GalleryUnavailableError,
+    ModelBinding,
+    is_database_url,
+    stored_model,
+)
+from service.gallery import open_gallery as open_location
 from service.reembed import BATCH, embed_stored
+from service.resources import open_gallery
 
 if TYPE_CHECKING:
     from service.deps import AppState
@@ -149,6 +159,30 @@ def spec_of(binding: ModelBinding, default_precision: str) -> tuple[str, str]:
     """(NAME:VERSION, precision) of a binding's model id ("name:version/precision")."""
     spec, slash, precision = binding.model_id.rpartition("/")
     return (spec, precision) if slash else (binding.model_id, default_precision)
+
+
+def open_served_gallery(settings: Settings, loaded: LoadedModel) -> GalleryBackend:
+    """The service's gallery. A database gallery bound to another model than `loaded` (a
+    switch made while this replica was down) is opened with its own binding: the replica then
+    follows it like a running one (`ModelSwitcher.follow_forever`), its gallery calls
+    answering 503 until it has loaded that model. A folder gallery is refused as before
+    (GalleryModelMismatchError: serve its model or run `alexnet reindex`)."""
+    try:
+        return open_gallery(settings, loaded)
+    except GalleryModelMismatchError:
+        if not is_database_url(settings.gallery):
+            raise
+        recorded = stored_model(settings.gallery)
+        if recorded is None:
+            raise
+        log.warning(
+            "the gallery holds vectors of %s, not of %s (ALEXNET_MODEL): following it",
+            recorded.model_id, loaded.gallery_binding()["model_id"],
+        )  # fmt: skip
+        return open_location(
+            settings.gallery, exact_max=settings.gallery_exact_max,
+            model_sha256=recorded.model_sha256, model_id=recorded.model_id, dim=recorded.dim,
+        )  # fmt: skip
 
 
 class ModelSwitcher:

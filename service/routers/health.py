@@ -26,6 +26,10 @@ async def ready(state: StateDep) -> JSONResponse:
     gallery endpoints answer 503): `gallery` then says why."""
     if state.engine is not None and state.gallery is not None:
         problem = await run_in_threadpool(state.gallery.problem)
+        job = state.switcher.job if state.switcher is not None else None
+        if problem is None and job is not None and job.kind == "follow" and job.state != "done":
+            # another replica switched the gallery's model; /predict answers meanwhile
+            problem = f"following {job.model} ({job.state}{': ' + job.error if job.error else ''})"
         return JSONResponse({
             "status": "ready", "model": state.engine.loaded.id,
             "gallery": "ok" if problem is None else f"unavailable: {problem}",

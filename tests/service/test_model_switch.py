@@ -359,6 +359,22 @@ def test_replicas_on_postgresql_follow_a_switch(
             for item_id, data in everything.items():
                 found_at_zero(url, item_id, data)
 
+        # A replica started afterwards with the old ALEXNET_MODEL follows the gallery too.
+        with serve(switch_store, pg_url, log=tmp_path / "c.log", **settings) as c:
+            deadline = time.monotonic() + 90
+            while httpx.get(f"{c.url}/models").json()["loaded"]["id"] != "tiny:2":
+                r = httpx.post(f"{c.url}/similar", files=[("image", ("q.jpg", probe))])
+                assert r.status_code in (200, 503), r.text  # never the old model's answer
+                if r.status_code == 503:
+                    assert "retry-after" in r.headers
+                else:  # followed between the two requests
+                    assert r.json()["neighbors"][0]["distance"] < 1e-3
+                assert time.monotonic() < deadline, "replica c did not follow"
+                time.sleep(0.2)
+            assert httpx.get(f"{c.url}/health/ready").json()["gallery"] == "ok"
+            for item_id, data in everything.items():
+                found_at_zero(c.url, item_id, data)
+
 
 def test_the_contract_check_runs_the_file(exported: Path) -> None:
     """A model whose fc7 does not fit the gallery is refused before any re-embedding."""
