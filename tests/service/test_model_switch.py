@@ -388,3 +388,27 @@ def test_the_contract_check_runs_the_file(exported: Path) -> None:
         check_contract(loaded, 2048)
     assert spec_of(ModelBinding("tiny:2/int8", "a" * 64, 4096), "auto") == ("tiny:2", "int8")
     assert spec_of(ModelBinding("tiny:2", "a" * 64, 4096), "auto") == ("tiny:2", "auto")
+
+
+def test_a_stop_during_the_re_embedding_leaves_the_gallery_on_the_old_model(
+    switch_store: Path, tmp_path: Path
+) -> None:
+    gallery = tmp_path / "gallery"
+    with serve(switch_store, gallery, model="tiny:1", api_key=API_KEY,
+               log=tmp_path / "server.log", **SMALL_LIMITS) as server:  # fmt: skip
+        stored = seed_gallery(server.url, 16, seed=77)
+        assert switch(server.url, "tiny:2").status_code == 202
+        deadline = time.monotonic() + 120
+        while (httpx.get(f"{server.url}/models").json()["preparing"] or {}).get(
+            "state") != "re-embedding":  # fmt: skip
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        started = time.monotonic()
+        server.process.terminate()
+        server.process.wait(timeout=60)
+        assert time.monotonic() - started < 30, "the stop waited for the re-embedding"
+    with serve(switch_store, gallery, model="tiny:1",
+               log=tmp_path / "server.log", **SMALL_LIMITS) as server:  # fmt: skip
+        assert httpx.get(f"{server.url}/models").json()["loaded"]["id"] == "tiny:1"
+        for item_id, data in stored.items():
+            found_at_zero(server.url, item_id, data)
