@@ -31,10 +31,11 @@ from service.config import Settings
 from service.decode import ImageError
 from service.deps import AppState, NotReadyError
 from service.engine import Engine, OverloadedError
-from service.gallery import GalleryUnavailableError
+from service.gallery import GalleryModelChangedError, GalleryUnavailableError
+from service.model_switch import ModelSwitcher, open_served_gallery
 from service.oip.errors import error_body, is_protocol_path
-from service.resources import load_served_model, open_gallery
-from service.routers import gallery, health, oip, page, predict
+from service.resources import load_served_model
+from service.routers import gallery, health, models, oip, page, predict
 
 log = logging.getLogger("service")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a client's X-Request-ID, if it is one
@@ -68,7 +69,7 @@ async def open_gallery_when_reachable(state: AppState, loaded: LoadedModel) -> N
     meanwhile; /health/ready says why it is not ready)."""
     while True:
         try:
-            state.gallery = await run_in_threadpool(open_gallery, state.settings, loaded)
+            state.gallery = await run_in_threadpool(open_served_gallery, state.settings, loaded)
             return
         except GalleryUnavailableError as e:
             state.failure = f"waiting for the gallery: {e}"
@@ -95,6 +96,9 @@ async def load(state: AppState) -> None:
         state.engine = engine  # /predict needs no gallery
         await open_gallery_when_reachable(state, loaded)
         state.failure = None
+        if state.switcher is not None:  # follow a model switch made by another replica
+            follow = asyncio.create_task(state.switcher.follow_forever(), name="model-follow")
+            state.background.add(follow)
         state.metrics.gallery_items.set(len(state.gallery))
         log.info(  # where the model runs was said when it loaded (core.model_loader)
             "ready: %s (%s); gallery %s with %d items",
@@ -111,12 +115,16 @@ async def load(state: AppState) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     state = AppState(settings=settings)
+    state.switcher = ModelSwitcher(state)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         task = asyncio.create_task(load(state))
         yield
         task.cancel()
+        for background in state.background:
+            background.cancel()
+        await state.switcher.close()
         if state.engine is not None:
             await state.engine.stop()
         if state.gallery is not None:
@@ -137,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predict.router)
     app.include_router(gallery.router)
     app.include_router(health.router)
+    app.include_router(models.router)
     app.include_router(page.router)
     app.include_router(oip.router)
     app.mount("/static", page.static_files(), name="static")
@@ -181,6 +190,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def gallery_unavailable(_: Request, e: GalleryUnavailableError) -> JSONResponse:
         return JSONResponse(
             {"detail": f"gallery unavailable: {e}"}, status_code=503, headers={"Retry-After": "5"}
+        )
+
+    @app.exception_handler(GalleryModelChangedError)
+    async def gallery_model_changed(_: Request, e: GalleryModelChangedError) -> JSONResponse:
+        # Another replica switched the gallery to another model; this one is loading it.
+        return JSONResponse(
+            {"detail": f"the gallery switched models; this replica is following: {e}"},
+            status_code=503,
+            headers={"Retry-After": "2"},
         )
 
     @app.exception_handler(NotReadyError)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -13,6 +14,9 @@ from service.config import Settings
 from service.engine import Engine
 from service.gallery import GalleryBackend
 from service.metrics import Metrics
+
+if TYPE_CHECKING:
+    from service.model_switch import ModelSwitcher
 
 
 class NotReadyError(RuntimeError):
@@ -26,6 +30,8 @@ class AppState:
     engine: Engine | None = None
     gallery: GalleryBackend | None = None
     failure: str | None = None  # why loading failed, for /health/ready
+    switcher: ModelSwitcher | None = None  # model switches (`service.model_switch`)
+    background: set[asyncio.Task] = field(default_factory=set)  # stopped at shutdown
 
 
 def get_state(request: Request) -> AppState:
@@ -43,6 +49,18 @@ def get_engine(state: StateDep) -> Engine:
     if state.engine is None:
         raise NotReadyError(state.failure or "the model is still loading")
     return state.engine
+
+
+def current_engine(state: AppState, started_with: Engine) -> Engine:
+    """The engine in use now: a request that read its upload during a model switch embeds
+    with the new model (call it right before `infer`, with no `await` in between, so the
+    engine cannot be retired before the request is queued)."""
+    return state.engine or started_with
+
+
+def model_sha256(engine: Engine) -> str:
+    """The sha256 a gallery records for the engine's vectors."""
+    return engine.loaded.gallery_binding()["model_sha256"]
 
 
 def get_gallery(state: StateDep) -> GalleryBackend:

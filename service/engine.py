@@ -27,6 +27,11 @@ class OverloadedError(RuntimeError):
     """The queue is full: answer 503 with Retry-After."""
 
 
+class EngineRetiredError(OverloadedError):
+    """The engine was replaced by another model's (`retire`): ask the app for the current one.
+    A 503 with Retry-After if it reaches a client."""
+
+
 @dataclass
 class _Request:
     images: np.ndarray  # (n, 256, 256, 3) uint8
@@ -61,6 +66,7 @@ class Engine:
         self._queued_images = 0
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
+        self._retired = False
         # one thread: the session already spreads one call over its intra-op threads
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
 
@@ -78,6 +84,17 @@ class Engine:
         self._wakeup = asyncio.Event()
         self._task = asyncio.create_task(self._loop(), name="engine-batcher")
 
+    async def retire(self) -> None:
+        """Answer every request already queued, then stop (a model switch: the requests that
+        started with this engine finish with it). Later `infer` calls raise
+        `EngineRetiredError`."""
+        self._retired = True
+        if self._wakeup is not None:
+            self._wakeup.set()
+        if self._task is not None:
+            await asyncio.wait([self._task])
+        self._executor.shutdown(wait=True)
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -93,8 +110,14 @@ class Engine:
 
     async def infer(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(n, 256, 256, 3) uint8 -> probs (n, K), fc7 (n, 4096), batched with other requests."""
+        return await self.submit(images)
+
+    def submit(self, images: np.ndarray) -> asyncio.Future:
+        """Queue a request now (no await: see `retire`); its future gives (probs, fc7)."""
         if self._task is None or self._wakeup is None:
             raise RuntimeError("Engine.start() was not called")
+        if self._retired:
+            raise EngineRetiredError(f"{self.loaded.id} was replaced by another model")
         n = len(images)
         if self._queued_images + n > self.max_queue and self._queued_images > 0:
             raise OverloadedError(
@@ -104,12 +127,14 @@ class Engine:
         self._pending.append(_Request(images, future))
         self._queued_images += n
         self._wakeup.set()
-        return await future
+        return future
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if not self._pending:
+                if self._retired:
+                    return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue

@@ -24,6 +24,7 @@ from service.decode import ImageError, decode
 from service.engine import Engine
 from service.gallery import GalleryBackend, ModelBinding, NewItem, shown, stored_model
 from service.gallery import open_gallery as open_location
+from service.reembed import embed_stored
 
 log = logging.getLogger(__name__)
 
@@ -133,16 +134,6 @@ def reindex(
         batches = range(0, len(stored), batch_size)
         for start in tqdm(batches, desc="re-embedding", unit="batch", disable=not progress):
             chunk = stored[start : start + batch_size]
-            pixels = []
-            for item_id, data in chunk:
-                decoded = decode_bytes(data, f"item {item_id}", settings)
-                if decoded is None:
-                    raise ValueError(
-                        f"the stored image of item {item_id} can no longer be decoded; "
-                        "gallery unchanged"
-                    )
-                pixels.append(decoded[1])
-            _, fc7 = engine.run(np.stack(pixels))
-            vectors.update({item_id: v for (item_id, _), v in zip(chunk, fc7, strict=True)})
+            vectors.update(embed_stored(chunk, lambda px: engine.run(px)[1], settings))
         g.replace_vectors(vectors, **binding)
     return len(vectors), recorded

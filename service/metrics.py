@@ -32,6 +32,31 @@ class Metrics:
         self.gallery_items = Gauge("alexnet_gallery_items", "items in the gallery", registry=r)
         self.images = Counter("alexnet_images_total", "images decoded", ["outcome"], registry=r)
         self.model = Info("alexnet_model", "the model in use", registry=r)
+        # a model switch (POST /models/switch) or a follow (another replica switched)
+        self.switch_running = Gauge(
+            "alexnet_model_switch_running", "1 while another model is being prepared", registry=r
+        )
+        self.switch_done = Gauge(
+            "alexnet_model_switch_items_done",
+            "gallery items embedded by the model being prepared (the last switch's, after it)",
+            registry=r,
+        )
+        self.switch_total = Gauge(
+            "alexnet_model_switch_items_total",
+            "gallery items the model being prepared must embed (the last switch's, after it)",
+            registry=r,
+        )
+        self.switch_eta = Gauge(
+            "alexnet_model_switch_eta_seconds",
+            "seconds left for the re-embedding at its pace so far (0: none running or not known)",
+            registry=r,
+        )
+        self.switches = Counter(
+            "alexnet_model_switches_total",
+            "model switches (kind: switch asked here, follow of another replica's) by outcome",
+            ["kind", "outcome"],
+            registry=r,
+        )
 
     def observe_batch(self, images: int, seconds: float) -> None:
         self.batch_size.observe(images)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -21,6 +21,7 @@ ERRORS = {
     400: "an empty file, or a multipart body that cannot be parsed",
     401: "a missing or wrong API key (gallery writes, when ALEXNET_API_KEY is set)",
     404: "no gallery item with this id",
+    409: "a model switch is already running, or the model asked for is the one in use",
     413: "too large: an image's bytes or pixels, the number of images, the metadata, the body",
     415: "not an image, or not an accepted format",
     422: "an invalid request field, a truncated or corrupt image, or invalid metadata",
@@ -99,6 +100,45 @@ class ModelInfo(BaseModel):
     )
 
 
+class SwitchRequest(BaseModel):
+    """POST /models/switch: the model to switch to."""
+
+    model: str = Field(
+        min_length=1, max_length=80, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}(:[0-9]{1,9})?$",
+        description="NAME[:VERSION] of a model in the store (the latest version if none)",
+        examples=["tiny:2"],
+    )  # fmt: skip
+    precision: Literal["auto", "fp32", "fp16", "int8"] | None = Field(
+        None, description="which file of it (default: ALEXNET_PRECISION)"
+    )
+
+
+class SwitchStatus(BaseModel):
+    """A model being prepared (or the last one that failed)."""
+
+    model: str = Field(description="NAME:VERSION being prepared")
+    precision: str = Field(description="as asked (auto, fp32, fp16, int8)")
+    model_id: str | None = Field(
+        description="name:version/precision of the file loaded, once loaded"
+    )
+    kind: Literal["switch", "follow"] = Field(
+        description="switch: asked for here; follow: another replica switched the shared "
+        "gallery, this one loads the same model"
+    )
+    state: Literal["loading", "re-embedding", "switching", "done", "failed"]
+    done: int = Field(description="gallery items embedded by the new model so far")
+    total: int = Field(description="gallery items it must embed (grows with items added meanwhile)")
+    eta_s: float | None = Field(description="seconds left for the re-embedding, estimated")
+    error: str | None = Field(description="why it failed (the old model kept serving)")
+    started_at: str
+    finished_at: str | None
+
+
 class ModelsResponse(BaseModel):
     loaded: ModelInfo | None
     available: list[str] = Field(description="name:version of every model in the store")
+    preparing: SwitchStatus | None = Field(
+        None,
+        description="the model being prepared beside the loaded one (POST /models/switch, or "
+        "following another replica), or the last switch if it failed; null otherwise",
+    )

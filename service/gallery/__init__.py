@@ -53,6 +53,7 @@ from service.gallery.facade import Gallery
 from service.gallery.interface import GalleryBackend
 from service.gallery.items import (
     GalleryLockedError,
+    GalleryModelChangedError,
     GalleryModelMismatchError,
     GalleryUnavailableError,
     Item,
@@ -69,6 +70,7 @@ __all__ = [
     "Gallery",
     "GalleryBackend",
     "GalleryLockedError",
+    "GalleryModelChangedError",
     "GalleryModelMismatchError",
     "GalleryUnavailableError",
     "Item",

@@ -22,6 +22,7 @@ from service.gallery.index_policy import GalleryIndex
 from service.gallery.items import (
     ItemRecord,
     NewItem,
+    check_binding,
     check_image,
     check_label,
     check_vectors,
@@ -108,13 +109,17 @@ def batch_of_vectors(
 
 
 def store(
-    batch: Batch, files: ImageFiles, rows: SqliteRows, index: GalleryIndex, lock: threading.Lock
-) -> None:
+    batch: Batch, files: ImageFiles, rows: SqliteRows, index: GalleryIndex, lock: threading.Lock,
+    model_sha256: str | None = None,
+) -> None:  # fmt: skip
     """Write a batch, all or none; durable once this returns.
 
     Files first, outside `lock` (fsync is slow): a crash before the commit leaves only
     orphans, which the next open removes, and a failed commit removes them at once. Then,
     under `lock`, the rows in one transaction and their vectors into `index`.
+
+    With `model_sha256` (the model that made the vectors), GalleryModelChangedError and
+    nothing written if the rows are bound to another model by then (checked under `lock`).
     """
     if not batch.rows:
         return
@@ -126,6 +131,8 @@ def store(
             files.write(name, data)
             written.append(name)
         with lock:
+            if model_sha256 is not None:
+                check_binding(rows.binding, model_sha256, str(rows.root))
             rowids = rows.insert(batch.rows, batch.vectors)
             committed = True
             # Under the same lock as the commit, so a remove cannot slip in between.

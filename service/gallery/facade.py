@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from service.gallery.items import (
     Neighbor,
     NewItem,
     StoredImage,
+    check_binding,
     check_k,
     check_model,
     check_open,
@@ -163,20 +164,23 @@ class Gallery:
 
     # ----------------------------------------------------------------- writes
 
-    def add(self, items: list[NewItem]) -> list[str]:
+    def add(self, items: list[NewItem], model_sha256: str | None = None) -> list[str]:
         """Store images with their vectors, all or none; durable once this returns.
 
         Args:
             items: the images, their extensions (".jpg"), vectors, labels and metadata.
+            model_sha256: the model that made the vectors; if given and the gallery is bound
+                to another model by the time the rows are written, nothing is written.
 
         Returns:
             The new ids, in the order of `items`.
 
         Raises:
             ValueError: an item is invalid (nothing is written then).
+            GalleryModelChangedError: the gallery holds another model's vectors now.
         """
         batch = batch_of_items(items, self.dim)
-        store(batch, self._files, self._rows, self._index, self._lock)
+        store(batch, self._files, self._rows, self._index, self._lock, model_sha256)
         return batch.ids
 
     def add_vectors(
@@ -240,12 +244,69 @@ class Gallery:
         check_model(model_sha256, model_id)
         checked = {k: check_vectors(v, self.dim, f"vector for {k!r}") for k, v in vectors.items()}
         with self._lock:
-            rowids = self._rows.rowids_of_every(checked)
-            # Built before the commit, so running out of memory changes nothing.
-            index = self._index.prepare(list(checked.values()), rowids)
-            binding = ModelBinding(model_id, model_sha256, self.dim)
-            self._rows.replace_vectors(rowids, list(checked.values()), binding)
-            self._index.use(index)
+            self._replace(checked, ModelBinding(model_id, model_sha256, self.dim))
+
+    def _replace(self, checked: dict[str, np.ndarray], binding: ModelBinding) -> None:
+        """replace_vectors with checked vectors, the lock held."""
+        rowids = self._rows.rowids_of_every(checked)
+        # Built before the commit, so running out of memory changes nothing.
+        index = self._index.prepare(list(checked.values()), rowids)
+        self._rows.replace_vectors(rowids, list(checked.values()), binding)
+        self._index.use(index)
+
+    def switch_vectors(
+        self,
+        vectors: dict[str, np.ndarray],
+        embed: Callable[[list[tuple[str, bytes]]], dict[str, np.ndarray]],
+        *,
+        from_sha256: str,
+        model_sha256: str,
+        model_id: str,
+    ) -> int:
+        """The last step of a model switch: with every write held off, embed the items that
+        `vectors` lacks (added meanwhile), then swap every vector and the binding at once.
+
+        Args:
+            vectors: id -> the new model's vector, made beforehand (ids deleted since are
+                ignored).
+            embed: (id, image bytes) of the missing items -> their new vectors.
+            from_sha256: the model the gallery must still be bound to.
+            model_sha256, model_id: the new model.
+
+        Returns:
+            How many items `embed` was given.
+
+        Raises:
+            GalleryModelChangedError: the gallery is no longer bound to `from_sha256`.
+            ValueError: a vector is invalid or missing (the gallery is unchanged).
+        """
+        check_model(model_sha256, model_id)
+        with self._lock:
+            check_binding(self._rows.binding, from_sha256, self.location)
+            ids = self._rows.ids()
+            missing = [i for i in ids if i not in vectors]
+            made = embed([(i, self._files.path(self._rows.image_file(i)).read_bytes())
+                          for i in missing]) if missing else {}  # fmt: skip
+            checked = {
+                i: check_vectors(vectors[i] if i in vectors else made.get(i), self.dim, i)
+                for i in ids
+            }
+            self._replace(checked, ModelBinding(model_id, model_sha256, self.dim))
+        return len(missing)
+
+    def active_binding(self) -> ModelBinding:
+        """The model the gallery's vectors are made by now."""
+        return self._rows.binding
+
+    def rebind(self, binding: ModelBinding) -> None:
+        """Follow a switch made elsewhere: nothing to do for a folder, which only this
+        process writes (GalleryModelChangedError if `binding` is not its model)."""
+        check_binding(self._rows.binding, binding.model_sha256, self.location)
+
+    def ids(self) -> list[str]:
+        """Every stored id, in insertion order."""
+        with self._lock:
+            return self._rows.ids()
 
     # ----------------------------------------------------------------- reads
 
@@ -315,16 +376,22 @@ class Gallery:
             raise ValueError(f"{len(present)} id(s) already stored, e.g. {sorted(present)[0]}")
         store(batch, self._files, self._rows, self._index, self._lock)
 
-    def search(self, vector: np.ndarray, k: int = 10) -> list[Neighbor]:
+    def search(
+        self, vector: np.ndarray, k: int = 10, model_sha256: str | None = None
+    ) -> list[Neighbor]:
         """The `k` items nearest to `vector` by Euclidean distance, nearest first.
 
         Args:
             vector: (dim,) query vector.
             k: how many neighbours (all items if the gallery has fewer).
+            model_sha256: the model that made `vector`: GalleryModelChangedError if the
+                gallery holds another model's vectors (checked under the lock).
         """
         query = check_vectors(vector, self.dim, "query")
         check_k(k)
         with self._lock:
+            if model_sha256 is not None:
+                check_binding(self._rows.binding, model_sha256, self.location)
             return nearest(self._index, self._rows, query, k)
 
     def search_by_id(

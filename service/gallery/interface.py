@@ -11,12 +11,12 @@ reached raises `GalleryUnavailableError` (the service answers 503 with Retry-Aft
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
-from service.gallery.items import Item, ItemRecord, Neighbor, NewItem, StoredImage
+from service.gallery.items import Item, ItemRecord, ModelBinding, Neighbor, NewItem, StoredImage
 
 
 class GalleryBackend(Protocol):
@@ -54,8 +54,10 @@ class GalleryBackend(Protocol):
     def __exit__(self, *exc: object) -> None: ...
 
     # writes
-    def add(self, items: list[NewItem]) -> list[str]:
-        """Store images with their vectors; the new ids in order (ValueError: nothing written)."""
+    def add(self, items: list[NewItem], model_sha256: str | None = None) -> list[str]:
+        """Store images with their vectors; the new ids in order (ValueError: nothing written).
+        With `model_sha256` (the model that made the vectors): GalleryModelChangedError, and
+        nothing written, if the gallery is bound to another model when the rows are written."""
 
     def add_vectors(
         self,
@@ -76,6 +78,25 @@ class GalleryBackend(Protocol):
     ) -> None:
         """Swap every vector for one made by another model, at once (`alexnet reindex`)."""
 
+    def switch_vectors(
+        self,
+        vectors: dict[str, np.ndarray],
+        embed: Callable[[list[tuple[str, bytes]]], dict[str, np.ndarray]],
+        *,
+        from_sha256: str,
+        model_sha256: str,
+        model_id: str,
+    ) -> int:
+        """A model switch's last step, every write held off: embed the items `vectors` lacks
+        (`embed`: (id, image bytes) -> vector), swap all vectors and the binding at once;
+        how many were embedded (GalleryModelChangedError: no longer bound to `from_sha256`)."""
+
+    def active_binding(self) -> ModelBinding:
+        """The model the stored vectors are made by now (another replica may switch it)."""
+
+    def rebind(self, binding: ModelBinding) -> None:
+        """Follow a switch made elsewhere (GalleryModelChangedError unless bound to it)."""
+
     def import_records(self, records: Sequence[ItemRecord]) -> None:
         """Store items with their ids and creation times kept (ValueError if one exists)."""
 
@@ -90,14 +111,21 @@ class GalleryBackend(Protocol):
     def known_ids(self, ids: Sequence[str]) -> set[str]:
         """Which of `ids` the gallery holds."""
 
+    def ids(self) -> list[str]:
+        """Every stored id, in insertion order."""
+
     def iter_images(self) -> Iterator[tuple[str, bytes]]:
         """(id, image bytes) of every item, in insertion order."""
 
     def iter_records(self) -> Iterator[ItemRecord]:
         """Every item with its image and vector, in insertion order."""
 
-    def search(self, vector: np.ndarray, k: int = 10) -> list[Neighbor]:
-        """The `k` nearest items by Euclidean distance (exact distances), nearest first."""
+    def search(
+        self, vector: np.ndarray, k: int = 10, model_sha256: str | None = None
+    ) -> list[Neighbor]:
+        """The `k` nearest items by Euclidean distance (exact distances), nearest first.
+        With `model_sha256` (the model that made `vector`): GalleryModelChangedError if the
+        gallery holds another model's vectors."""
 
     def search_by_id(
         self, id: str, k: int = 10, exclude_self: bool = False

@@ -24,6 +24,12 @@ class GalleryModelMismatchError(RuntimeError):
     """The gallery's vectors were made by another model than the one being served."""
 
 
+class GalleryModelChangedError(GalleryModelMismatchError):
+    """A vector of one model met a gallery now bound to another: its binding changed since
+    the vector was made (a model switch, `alexnet reindex`). Nothing was written; the
+    service answers with its current model, or 503 with Retry-After while it loads it."""
+
+
 class GalleryLockedError(RuntimeError):
     """The gallery folder is already open (another process, or another `Gallery` object)."""
 
@@ -142,6 +148,16 @@ def check_model(model_sha256: str, model_id: str) -> None:
         raise ValueError("model_sha256 must be a non-empty string")
     if not isinstance(model_id, str) or not model_id:
         raise ValueError("model_id must be a non-empty string")
+
+
+def check_binding(binding: ModelBinding, model_sha256: str, location: str) -> None:
+    """GalleryModelChangedError unless the gallery's vectors are those of `model_sha256`."""
+    if binding.model_sha256 != model_sha256:
+        raise GalleryModelChangedError(
+            f"gallery {location} now holds vectors of model {binding.model_id} (sha256 "
+            f"{binding.model_sha256[:12]}...), not of the model that made this vector "
+            f"(sha256 {model_sha256[:12]}...)"
+        )
 
 
 def check_open(model_sha256: str, model_id: str, dim: int, exact_max: int) -> None:

@@ -19,7 +19,7 @@ server is back. The URL's password never appears in a message (`location` is `sh
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -197,14 +197,18 @@ class PgGallery:
 
     # ----------------------------------------------------------------- writes
 
-    def add(self, items: list[NewItem]) -> list[str]:
+    def add(self, items: list[NewItem], model_sha256: str | None = None) -> list[str]:
         """Store images with their vectors, all or none; committed once this returns.
+
+        `model_sha256` is the model that made the vectors (default: the one this gallery
+        was opened or last rebound with).
 
         Raises:
             ValueError: an item is invalid (nothing is written then).
+            GalleryModelChangedError: the gallery holds another model's vectors now.
         """
         batch = batch_of_items(items, self.dim)
-        self._store(batch)
+        self._store(batch, model_sha256=model_sha256)
         return batch.ids
 
     def add_vectors(
@@ -239,7 +243,9 @@ class PgGallery:
         except psycopg.errors.UniqueViolation:  # stored by another replica meanwhile
             raise ValueError("an id of the import is already stored") from None
 
-    def _store(self, batch: Batch, check_new: bool = False) -> None:
+    def _store(
+        self, batch: Batch, check_new: bool = False, model_sha256: str | None = None
+    ) -> None:
         """Insert a checked batch in one transaction under the shared projection lock, with
         the reduced vectors of the projection in force; then make the projection if this
         insert took the gallery above `exact_max` without one."""
@@ -249,7 +255,8 @@ class PgGallery:
         with self._conn() as conn:
             with conn.transaction():
                 pg_rows.lock_shared(conn)
-                _, projection_id = pg_rows.state(conn, self._binding, self._location)
+                sha256 = model_sha256 or self._binding.model_sha256
+                _, projection_id = pg_rows.state(conn, sha256, self._location)
                 if check_new:
                     present = pg_rows.known_ids(conn, batch.ids)
                     if present:
@@ -296,15 +303,86 @@ class PgGallery:
         binding = ModelBinding(model_id, model_sha256, self.dim)
         with self._conn() as conn, conn.transaction():
             pg_rows.lock_exclusive(conn)
-            drop(conn)
-            pg_rows.replace_vectors(conn, checked)
-            conn.execute(
-                "UPDATE gallery_meta SET model_sha256 = %s, model_id = %s",
-                (model_sha256, model_id),
-            )
-            if len(checked) > self.exact_max:
-                build(conn, model_sha256, self._projections)
+            self._replace(conn, checked, binding)
         self._binding = binding
+
+    def _replace(
+        self, conn: psycopg.Connection, checked: dict[str, np.ndarray], binding: ModelBinding
+    ) -> None:
+        """replace_vectors in the caller's transaction, the exclusive lock held."""
+        drop(conn)
+        pg_rows.replace_vectors(conn, checked)
+        conn.execute(
+            "UPDATE gallery_meta SET model_sha256 = %s, model_id = %s",
+            (binding.model_sha256, binding.model_id),
+        )
+        if len(checked) > self.exact_max:
+            build(conn, binding.model_sha256, self._projections)
+
+    def switch_vectors(
+        self,
+        vectors: dict[str, np.ndarray],
+        embed: Callable[[list[tuple[str, bytes]]], dict[str, np.ndarray]],
+        *,
+        from_sha256: str,
+        model_sha256: str,
+        model_id: str,
+    ) -> int:
+        """The last step of a model switch, in one transaction under the exclusive lock
+        (every replica's inserts and deletes wait for it): embed the items `vectors` lacks
+        (added meanwhile, by any replica), then swap every vector and the binding.
+
+        Args:
+            vectors: id -> the new model's vector, made beforehand (ids deleted since are
+                ignored).
+            embed: (id, image bytes) of the missing items -> their new vectors.
+            from_sha256: the model the gallery must still be bound to.
+            model_sha256, model_id: the new model.
+
+        Returns:
+            How many items `embed` was given.
+
+        Raises:
+            GalleryModelChangedError: the gallery is no longer bound to `from_sha256`
+                (another replica switched it meanwhile).
+            ValueError: a vector is invalid or missing (the gallery is unchanged).
+        """
+        check_model(model_sha256, model_id)
+        binding = ModelBinding(model_id, model_sha256, self.dim)
+        with self._conn() as conn, conn.transaction():
+            pg_rows.lock_exclusive(conn)
+            pg_rows.state(conn, from_sha256, self._location)
+            ids = pg_rows.ids(conn)
+            missing = [i for i in ids if i not in vectors]
+            made = embed([(i, pg_rows.image(conn, i)[0]) for i in missing]) if missing else {}
+            checked = {
+                i: check_vectors(vectors[i] if i in vectors else made.get(i), self.dim, i)
+                for i in ids
+            }
+            self._replace(conn, checked, binding)
+        self._binding = binding
+        return len(missing)
+
+    def active_binding(self) -> ModelBinding:
+        """The model the gallery's vectors are made by now (read from the database: another
+        replica may have switched it)."""
+        with self._conn() as conn:
+            found = read_binding(conn)
+        if found is None:
+            raise RuntimeError(f"gallery {self._location} has no binding")
+        return found
+
+    def rebind(self, binding: ModelBinding) -> None:
+        """Follow a switch made by another replica: writes and searches now default to
+        `binding` (GalleryModelChangedError unless the database is bound to it)."""
+        with self._conn() as conn:
+            pg_rows.state(conn, binding.model_sha256, self._location)
+        self._binding = binding
+
+    def ids(self) -> list[str]:
+        """Every stored id, in insertion order."""
+        with self._conn() as conn:
+            return pg_rows.ids(conn)
 
     # ----------------------------------------------------------------- reads
 
@@ -370,11 +448,18 @@ class PgGallery:
                 images |= pg_rows.images_of(conn, missing)
         return images
 
-    def search(self, vector: np.ndarray, k: int = 10) -> list[Neighbor]:
-        """The `k` items nearest to `vector` by Euclidean distance (exact), nearest first."""
+    def search(
+        self, vector: np.ndarray, k: int = 10, model_sha256: str | None = None
+    ) -> list[Neighbor]:
+        """The `k` items nearest to `vector` by Euclidean distance (exact), nearest first.
+
+        `model_sha256` is the model that made `vector` (default: the one this gallery was
+        opened or last rebound with): GalleryModelChangedError if the gallery holds another
+        model's vectors, checked in the search's snapshot.
+        """
         query = check_vectors(vector, self.dim, "query")
         check_k(k)
-        with self._conn() as conn, self._snapshot(conn) as projection:
+        with self._conn() as conn, self._snapshot(conn, model_sha256) as projection:
             return nearest(conn, query, k, projection)
 
     def search_by_id(
@@ -391,13 +476,15 @@ class PgGallery:
             return nearest(conn, found.vector, k, projection, id if exclude_self else None)
 
     @contextmanager
-    def _snapshot(self, conn: psycopg.Connection) -> Iterator[Any]:
+    def _snapshot(self, conn: psycopg.Connection, model_sha256: str | None = None) -> Iterator[Any]:
         """A read-only REPEATABLE READ transaction (the projection and the rows' reduced
-        vectors from one snapshot); yields the projection to search with, or None for an
+        vectors from one snapshot), checked to hold the vectors of `model_sha256` (default:
+        this gallery's binding); yields the projection to search with, or None for an
         exact scan."""
         with conn.transaction():
             conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            count, projection_id = pg_rows.state(conn, self._binding, self._location)
+            sha256 = model_sha256 or self._binding.model_sha256
+            count, projection_id = pg_rows.state(conn, sha256, self._location)
             use = projection_id is not None and count > self.exact_max
             yield self._projections.get(conn, projection_id) if use else None
 

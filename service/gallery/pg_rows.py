@@ -17,9 +17,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from service.gallery.batches import Batch
-from service.gallery.items import Item, ItemRecord, ModelBinding
+from service.gallery.items import Item, ItemRecord, ModelBinding, check_binding
 from service.gallery.pg_projection import Projection
-from service.gallery.pg_schema import LOCK_SPACE, PROJECTION_LOCK, mismatch
+from service.gallery.pg_schema import LOCK_SPACE, PROJECTION_LOCK
 
 READ_CHUNK = 256  # rows per keyset page of `chunks` (4 MB of 4096-d vectors, plus images)
 ITEM_COLUMNS = "i.id, i.label, i.metadata, i.created_at, g.ext, g.sha256"
@@ -51,21 +51,26 @@ def lock_exclusive(conn: psycopg.Connection) -> None:
 
 
 def state(
-    conn: psycopg.Connection, binding: ModelBinding | None = None, location: str = ""
+    conn: psycopg.Connection, model_sha256: str | None = None, location: str = ""
 ) -> tuple[int, int | None]:
     """(item count, projection id or None), read in one statement.
 
-    With `binding`: GalleryModelMismatchError if the gallery is now bound to another model
-    (another replica ran `alexnet reindex` since this one opened it).
+    With `model_sha256` (the model that made the vectors at hand):
+    GalleryModelChangedError if the gallery is now bound to another model (a model switch
+    or `alexnet reindex` since).
     """
-    count, model_id, model_sha256, projection_id = conn.execute(
-        "SELECT item_count, model_id, model_sha256,"
+    count, model_id, stored_sha256, dim, projection_id = conn.execute(
+        "SELECT item_count, model_id, model_sha256, dim,"
         " (SELECT max(projection_id) FROM gallery_projection) FROM gallery_meta"
     ).fetchone()
-    if binding is not None and model_sha256 != binding.model_sha256:
-        stored = ModelBinding(model_id, model_sha256, binding.dim)
-        raise mismatch(location, stored, binding.model_id, binding.model_sha256)
+    if model_sha256 is not None:
+        check_binding(ModelBinding(model_id, stored_sha256, dim), model_sha256, location)
     return count, projection_id
+
+
+def ids(conn: psycopg.Connection) -> list[str]:
+    """Every stored id, in insertion order."""
+    return [i for (i,) in conn.execute("SELECT id FROM gallery_items ORDER BY seq")]
 
 
 def count(conn: psycopg.Connection) -> int:

@@ -163,6 +163,10 @@ class SqliteRows:
         """The image files the rows name (read from the image_file index, not the rows)."""
         return {r[0] for r in self.db.execute("SELECT DISTINCT image_file FROM items")}
 
+    def ids(self) -> list[str]:
+        """Every stored id, in insertion order."""
+        return [r[0] for r in self.db.execute("SELECT id FROM items ORDER BY rowid")]
+
     def rowids(self) -> np.ndarray:
         return np.array([r[0] for r in self.db.execute("SELECT rowid FROM items")], np.int64)
 

@@ -6,12 +6,24 @@ import json
 import mimetypes
 from typing import Annotated
 
+import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from service.deps import ApiKeyDep, EngineDep, GalleryDep, SettingsDep, StateDep
-from service.gallery import NewItem
+from service.deps import (
+    ApiKeyDep,
+    AppState,
+    EngineDep,
+    GalleryDep,
+    SettingsDep,
+    StateDep,
+    current_engine,
+    model_sha256,
+)
+from service.engine import Engine, OverloadedError
+from service.gallery import GalleryModelChangedError, NewItem
 from service.gallery.items import has_nul
+from service.model_switch import SwitchJob
 from service.schemas import (
     AddResponse,
     GalleryItem,
@@ -86,8 +98,17 @@ async def similar(
     k: Annotated[int, Query(ge=1, le=1000, description="neighbours to return")] = 10,
 ) -> SimilarResponse:
     uploads = await read_images([image], settings, state.metrics)
-    _, fc7 = await engine.infer(uploads.pixels)
-    return SimilarResponse(neighbors=await run_in_threadpool(gallery.search, fc7[0], k))
+    for retry in (False, True):
+        engine = current_engine(state, engine)
+        _, fc7 = await engine.infer(uploads.pixels)
+        try:
+            found = await run_in_threadpool(gallery.search, fc7[0], k, model_sha256(engine))
+        except GalleryModelChangedError:  # the gallery switched models under this request
+            if retry or not await switched(state, engine):
+                raise  # 503 with Retry-After
+            continue
+        return SimilarResponse(neighbors=found)
+    raise AssertionError("unreachable")
 
 
 @router.post(
@@ -115,14 +136,52 @@ async def add(
 ) -> AddResponse:
     meta = _parse_metadata(metadata, settings.max_metadata_bytes)
     uploads = await read_images(image, settings, state.metrics)
-    _, fc7 = await engine.infer(uploads.pixels)
-    items = [
-        NewItem(image_bytes=data, image_ext=ext, vector=vector, label=label, metadata=meta)
-        for data, ext, vector in zip(uploads.raw, uploads.extensions, fc7, strict=True)
-    ]
-    ids = await run_in_threadpool(gallery.add, items)  # durable when it returns
-    state.metrics.gallery_items.set(len(gallery))
-    return AddResponse(items=[ItemRef(id=i) for i in ids])
+    for retry in (False, True):
+        engine = current_engine(state, engine)
+        job = state.switcher.accepting() if state.switcher is not None else None
+        fc7, next_fc7 = await _embed(engine, job, uploads.pixels)
+        items = [
+            NewItem(image_bytes=data, image_ext=ext, vector=vector, label=label, metadata=meta)
+            for data, ext, vector in zip(uploads.raw, uploads.extensions, fc7, strict=True)
+        ]
+        try:  # durable when it returns
+            ids = await run_in_threadpool(gallery.add, items, model_sha256(engine))
+        except GalleryModelChangedError:  # the gallery switched models under this request
+            if retry or not await switched(state, engine):
+                raise  # 503 with Retry-After
+            continue
+        if job is not None and next_fc7 is not None:
+            job.note(ids, next_fc7)  # the model being prepared has these items already
+        state.metrics.gallery_items.set(len(gallery))
+        return AddResponse(items=[ItemRef(id=i) for i in ids])
+    raise AssertionError("unreachable")
+
+
+async def _embed(
+    engine: Engine, job: SwitchJob | None, pixels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """fc7 of the images by the engine in use and, while a model switch re-embeds the
+    gallery, by the model being prepared too (None if it cannot take them: the switch's
+    catch-up embeds them then). Both requests are queued before the first await."""
+    current = engine.submit(pixels)
+    upcoming = job.accepting() if job is not None else None
+    try:
+        prepared = upcoming.submit(pixels) if upcoming is not None else None
+    except OverloadedError:
+        prepared = None
+    _, fc7 = await current
+    if prepared is None:
+        return fc7, None
+    try:
+        return fc7, (await prepared)[1]
+    except OverloadedError:  # failed or retired meanwhile
+        return fc7, None
+
+
+async def switched(state: AppState, engine: Engine) -> bool:
+    """After the gallery refused `engine`'s vector: True once the app serves another model
+    (waiting for a switch in progress to finish), so the request can be repeated with it."""
+    return state.switcher is not None and await state.switcher.replaced(engine)
 
 
 @router.get("/gallery", response_model=GalleryPage, responses=error_responses(422, 503))

@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from service.decode import ImageError
-from service.deps import EngineDep, NotReadyError, SettingsDep, StateDep
+from service.deps import EngineDep, NotReadyError, SettingsDep, StateDep, current_engine
 from service.engine import OverloadedError
 from service.oip import codec, model
 from service.oip.errors import ProtocolError
@@ -270,6 +270,11 @@ async def _infer(
     )
     requested = model.requested_outputs(parsed)
     pixels = await model.pixels(parsed, settings, state.metrics)
+    # A model switch may have happened while the body was read: the model in use now answers
+    # if it is the one addressed (a version no longer loaded is 404), with no await between
+    engine = current_engine(state, engine)
+    manifest = engine.loaded.manifest
+    model.check_model(manifest, name, version)
     probs, fc7 = await engine.infer(pixels)
     content, header_length = await run_in_threadpool(  # JSON outputs: 4096 floats an image
         codec.encode_response,

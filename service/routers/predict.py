@@ -7,7 +7,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import APIRouter, File, Query, UploadFile
 
-from service.deps import EngineDep, SettingsDep, StateDep
+from service.deps import EngineDep, SettingsDep, StateDep, current_engine
 from service.schemas import Prediction, PredictResponse, Result, error_responses
 from service.uploads import read_images
 
@@ -38,6 +38,7 @@ async def predict(
     embedding: Annotated[bool, Query(description="also return the 4096-d fc7 vector")] = False,
 ) -> PredictResponse:
     uploads = await read_images(image, settings, state.metrics)
+    engine = current_engine(state, engine)  # a model switch may have happened meanwhile
     probs, fc7 = await engine.infer(uploads.pixels)
     labels = engine.loaded.manifest.labels
     results = [
