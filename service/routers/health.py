@@ -10,7 +10,7 @@ from fastapi.responses import FileResponse, JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
-from core import store
+from core import model_info, store
 from service.deps import StateDep
 from service.schemas import ModelInfo, ModelsResponse, error_responses
 
@@ -48,14 +48,16 @@ async def metrics(state: StateDep) -> Response:
 
 @router.get("/models", response_model=ModelsResponse)
 async def models(state: StateDep) -> ModelsResponse:
-    """The model in use and what else the store holds."""
+    """The model in use (with `knows`: what it tells apart, in words) and what else the
+    store holds."""
     loaded = None
     if state.engine is not None:
         lm = state.engine.loaded
         m = lm.manifest
         loaded = ModelInfo(
             id=m.id, name=m.name, version=m.version, arch=m.arch, num_classes=m.num_classes,
-            labels=m.labels, crop_size=m.crop_size, precision=lm.precision, provider=lm.provider,
+            knows=model_info.knows(m), hint=model_info.real_labels_hint(m), labels=m.labels,
+            crop_size=m.crop_size, precision=lm.precision, provider=lm.provider,
             metrics=m.metrics, files={k: v.model_dump() for k, v in m.files.items()},
             pictures={k: f"/models/pictures/{k}" for k in m.pictures},
         )  # fmt: skip
