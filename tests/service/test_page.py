@@ -154,3 +154,12 @@ def test_errors_are_said_in_plain_words(page, tmp_path: Path) -> None:
     page.wait_for_selector("#error:not([hidden])")
     assert "not an image" in page.inner_text("#error")
     assert page.query_selector_all("#predictions li.prediction") == []
+
+
+def test_the_header_says_what_the_model_knows(page, page_server: str) -> None:
+    loaded = httpx.get(f"{page_server}/models").json()["loaded"]
+    page.wait_for_function("document.querySelector('#model-line').textContent !== ''")
+    assert page.inner_text("#model-knows") == (
+        f"This model knows {len(loaded['labels'])} classes: {', '.join(loaded['labels'])}."
+    )
+    assert page.is_hidden("#model-hint")  # no hint: the session's model is not the default
