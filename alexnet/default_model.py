@@ -64,7 +64,7 @@ class DefaultRecipe:
     classes: int = 6
     per_class: int = 120  # 96 train + 24 val per class
     epochs: int | None = None  # None: 10 on CPU (about 6 minutes on 2 cores), 40 on CUDA
-    batch_size: int = 32
+    batch_size: int | None = None  # None: the training recipe's
     train_device: str = "auto"
     workers: int | None = None  # loader processes (None: 1 on CPU, training's default on CUDA)
     evaluate: bool = True  # record 1- and 10-crop figures on val/ in the manifest
@@ -115,11 +115,13 @@ def train_model(recipe: DefaultRecipe) -> Path:
     workers = recipe.workers
     if workers is None and device.type == "cpu":
         workers = 1  # small machines: one loader process is enough on CPU
+    settings = train_recipe(recipe.train_recipe)
+    if recipe.batch_size is not None:
+        settings["batch_size"] = recipe.batch_size
     train(TrainConfig(
-        data=recipe.data_dir, output=recipe.run_dir, arch="bn", epochs=epochs,
-        batch_size=recipe.batch_size, device=str(device), workers=workers,
-        resume=last if done else None, no_progress=not recipe.progress,
-        **train_recipe(recipe.train_recipe),
+        data=recipe.data_dir, output=recipe.run_dir, arch="bn", epochs=epochs, device=str(device),
+        workers=workers, resume=last if done else None, no_progress=not recipe.progress,
+        **settings,
     ))  # fmt: skip
     return recipe.run_dir / C.CHECKPOINT_BEST
 

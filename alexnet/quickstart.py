@@ -98,7 +98,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--batch-size",
         type=int,
         default=D.batch_size,
-        help=f"training batch size (default: {D.batch_size})",
+        help="training batch size (default: the quickstart training recipe's)",
     )
     p.add_argument(
         "--train-device",

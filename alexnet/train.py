@@ -66,7 +66,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size",
         type=int,
-        default=D.batch_size,
+        default=None,
         help=f"global batch size, split across processes (default: {D.batch_size})",
     )
     p.add_argument(
@@ -141,7 +141,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dropout",
         type=float,
-        default=D.dropout,
+        default=None,
         help=f"dropout before fc6 and fc7 (default: {D.dropout})",
     )
     p.add_argument(
@@ -201,7 +201,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 # options whose None means "the recipe's value, else TrainConfig's default"
-DEFAULTED = ("optimizer", "lr", "schedule", "warmup_epochs", "label_smoothing", "weight_decay")
+DEFAULTED = (
+    "optimizer",
+    "lr",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+    "weight_decay",
+    "batch_size",
+    "dropout",
+)
 
 
 def config_from(args: argparse.Namespace) -> D:
