@@ -74,9 +74,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         default="paper",
         choices=list(RECIPES),
         help="a named set of the optimisation options below: paper (section 5 of the paper) "
-        f"or quickstart (the built-in default's, for short CPU runs: --lr {Q['lr']} "
-        f"--schedule {Q['schedule']} --warmup-epochs {Q['warmup_epochs']:g} --label-smoothing "
-        f"{Q['label_smoothing']}); an option given as well wins (default: paper)",
+        "or quickstart (the built-in default's, for short CPU runs: "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v:g}"
+            if isinstance(v, float)
+            else f"--{k.replace('_', '-')} {v}"
+            for k, v in Q.items()
+        )
+        + "); an option given as well wins (default: paper)",
     )
     # the recipe's options default to None: the recipe's value, else TrainConfig's (config_from)
     p.add_argument(
