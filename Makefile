@@ -14,8 +14,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Serve the store's model on 127.0.0.1:8000; an empty store first gets the built-in default
-# (generated images -> training -> export -> gallery), each step reused on later runs.
+# Serve the store's model on 127.0.0.1:8000; an empty store first gets the built-in default:
+# torchvision's ImageNet AlexNet when its weights are in the torch hub cache or download within
+# a short timeout (not with ALEXNET_OFFLINE=1), else one trained on generated images; then
+# int8 and a gallery, each step reused on later runs. The log says what the model knows.
 run: $(STAMP)
 	$(BIN)/alexnet quickstart
 

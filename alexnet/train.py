@@ -17,8 +17,11 @@ from dataclasses import fields
 from pathlib import Path
 
 from training.model import INITS, VARIANTS
+from training.recipes import RECIPES, recipe
+from training.train import OPTIMIZERS, SCHEDULES, train
 from training.train import TrainConfig as D
-from training.train import train
+
+Q = RECIPES["quickstart"]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -63,14 +66,55 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size",
         type=int,
-        default=D.batch_size,
+        default=None,
         help=f"global batch size, split across processes (default: {D.batch_size})",
+    )
+    p.add_argument(
+        "--recipe",
+        default="paper",
+        choices=list(RECIPES),
+        help="a named set of the optimisation options below: paper (section 5 of the paper) "
+        "or quickstart (the built-in default's, for short CPU runs: "
+        + " ".join(
+            f"--{k.replace('_', '-')} {v:g}"
+            if isinstance(v, float)
+            else f"--{k.replace('_', '-')} {v}"
+            for k, v in Q.items()
+        )
+        + "); an option given as well wins (default: paper)",
+    )
+    # the recipe's options default to None: the recipe's value, else TrainConfig's (config_from)
+    p.add_argument(
+        "--optimizer",
+        default=None,
+        choices=list(OPTIMIZERS),
+        help=f"sgd (with momentum, the paper's) or adamw (default: {D.optimizer})",
     )
     p.add_argument(
         "--lr",
         type=float,
-        default=D.lr,
-        help=f"initial learning rate (default: {D.lr})",
+        default=None,
+        help=f"initial (plateau) or peak (cosine) learning rate (default: {D.lr})",
+    )
+    p.add_argument(
+        "--schedule",
+        default=None,
+        choices=list(SCHEDULES),
+        help="plateau: divide the lr by --lr-factor when the val error stops improving (the "
+        "paper); cosine: linear warmup over --warmup-epochs, then a cosine to 0 at the last "
+        f"batch (default: {D.schedule})",
+    )
+    p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=None,
+        help=f"cosine schedule: epochs of linear lr warmup (default: {D.warmup_epochs:g})",
+    )
+    p.add_argument(
+        "--label-smoothing",
+        type=float,
+        default=None,
+        help=f"cross-entropy label smoothing (default: {D.label_smoothing:g}, as the paper)",
     )
     p.add_argument(
         "--momentum", type=float, default=D.momentum, help=f"SGD momentum (default: {D.momentum})"
@@ -78,7 +122,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weight-decay",
         type=float,
-        default=D.weight_decay,
+        default=None,
         help=f"weight decay (default: {D.weight_decay})",
     )
     p.add_argument(
@@ -102,7 +146,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dropout",
         type=float,
-        default=D.dropout,
+        default=None,
         help=f"dropout before fc6 and fc7 (default: {D.dropout})",
     )
     p.add_argument(
@@ -161,9 +205,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p
 
 
+# options whose None means "the recipe's value, else TrainConfig's default"
+DEFAULTED = (
+    "optimizer",
+    "lr",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+    "weight_decay",
+    "batch_size",
+    "dropout",
+)
+
+
 def config_from(args: argparse.Namespace) -> D:
-    """The TrainConfig of parsed options (every option is a field of the same name)."""
-    return D(**{f.name: getattr(args, f.name) for f in fields(D)})
+    """The TrainConfig of parsed options (every option is a field of the same name); an
+    option of the recipe left unset takes the recipe's value, else TrainConfig's default."""
+    values = {f.name: getattr(args, f.name) for f in fields(D)}
+    chosen = recipe(args.recipe)
+    for name in DEFAULTED:
+        if values[name] is None:
+            values[name] = chosen.get(name, getattr(D, name))
+    return D(**values)
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -21,8 +21,8 @@ def build(work: Path, *, classes: int = 6, per_class: int = 60, epochs: int = 3)
 
     recipe = DefaultRecipe(
         data_dir=work / "synth", run_dir=work / "run", store=work / "store", name=NAME,
-        classes=classes, per_class=per_class, epochs=epochs, batch_size=16, train_device="cpu",
-        workers=0, evaluate=False, progress=False,
+        source="synthetic", offline=True, classes=classes, per_class=per_class, epochs=epochs,
+        batch_size=16, train_device="cpu", workers=0, evaluate=False, progress=False,
     )  # fmt: skip
     folder = build_default(recipe)
     if "int8" not in store.read_manifest(folder).files:

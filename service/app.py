@@ -25,9 +25,10 @@ from starlette.exceptions import HTTPException
 from starlette.routing import BaseRoute, Match, Mount, Route, compile_path
 from starlette.types import Scope
 
+from core import model_info
 from core.model_loader import LoadedModel
 from service.body_limit import BodyLimitMiddleware
-from service.config import Settings
+from service.config import Settings, check_model_choice
 from service.decode import ImageError
 from service.deps import AppState, NotReadyError
 from service.engine import Engine, OverloadedError
@@ -101,9 +102,10 @@ async def load(state: AppState) -> None:
             state.background.add(follow)
         state.metrics.gallery_items.set(len(state.gallery))
         log.info(  # where the model runs was said when it loaded (core.model_loader)
-            "ready: %s (%s); gallery %s with %d items",
+            "ready: %s (%s), knows %s; gallery %s with %d items",
             loaded.id,
             loaded.precision,
+            model_info.knows(loaded.manifest),
             state.gallery.location,
             len(state.gallery),
         )
@@ -232,9 +234,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def run(settings: Settings) -> None:
-    """Serve the app with uvicorn until stopped (SIGINT/SIGTERM: a graceful shutdown)."""
+    """Serve the app with uvicorn until stopped (SIGINT/SIGTERM: a graceful shutdown).
+
+    Raises:
+        FileNotFoundError: before anything starts, when the store holds several models and
+            the settings name none (`check_model_choice`).
+    """
     import uvicorn
 
+    check_model_choice(settings)
     uvicorn.run(
         create_app(settings),
         host=settings.host,

@@ -87,3 +87,16 @@ def model_spec(settings: Settings) -> str:
             f"{', '.join(names) if names else 'no model'}"
         )
     return names[0]
+
+
+def check_model_choice(settings: Settings) -> None:
+    """Refuse, at start-up, a store whose model to serve cannot be decided: several models
+    and no ALEXNET_MODEL. No later moment would decide it, so a service that started anyway
+    would stay unready for good. (An empty store is left to the background load, which
+    answers 503 and says why: a model may be exported into it.)
+
+    Raises:
+        FileNotFoundError: the message names the models and the setting to choose one.
+    """
+    if not settings.model and len(store.list_names(settings.store)) > 1:
+        model_spec(settings)  # raises, naming them

@@ -89,6 +89,15 @@ class ModelInfo(BaseModel):
     version: int
     arch: str
     num_classes: int
+    knows: str = Field(
+        description='what the model tells apart, in words: "1000 ImageNet classes" or its '
+        'classes by name ("6 classes: checkerboard, circle, ...")'
+    )
+    hint: str | None = Field(
+        None,
+        description="for the built-in synthetic default: what it is and the command that "
+        "gives real ImageNet labels; null for other models",
+    )
     labels: list[str]
     crop_size: int
     precision: str

@@ -11,6 +11,21 @@ import torch
 # Two cores: keep torch from oversubscribing them when tests start subprocesses.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
+# Tests never download (the subprocesses they start inherit this): `alexnet quickstart`
+# builds the synthetic default. A test that wants torchvision's weights writes them into
+# a TORCH_HOME of its own (tests/alexnet/test_quickstart_imagenet.py).
+os.environ["ALEXNET_OFFLINE"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def empty_torch_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty torch hub cache for the session, so that weights a developer has cached
+    do not change what the tests build."""
+    home = tmp_path_factory.mktemp("torch-home")
+    os.environ["TORCH_HOME"] = str(home)
+    return home
+
+
 TINY_CLASSES = 4
 
 

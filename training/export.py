@@ -304,6 +304,7 @@ def export_run(
     data: Path | None = None,
     workers: int = 2,
     progress: bool = True,
+    source_extra: dict | None = None,
 ) -> Path:
     """`export_checkpoint` of checkpoint files written by `alexnet train`.
 
@@ -319,6 +320,8 @@ def export_run(
             figures (None: the checkpoint's last validation figures; none for an ensemble).
         workers: loader processes for `data`.
         progress: show progress bars.
+        source_extra: more entries for the manifest's `source` (e.g. the built-in default's
+            marker, `core.model_info.SYNTHETIC_DEFAULT`).
 
     Returns:
         the new version's folder.
@@ -338,6 +341,7 @@ def export_run(
     ]  # fmt: skip
     source = sources[0] if len(ckpts) == 1 else {
         "ensemble": len(ckpts), "checkpoints": [s["checkpoint"] for s in sources]}  # fmt: skip
+    source = {**source, **(source_extra or {})}
     run_metrics = paths[0].parent / C.METRICS_FILE  # the run's, for curves.png
     return export_checkpoint(
         ckpts, store_dir=store_dir, name=name, version=version, source=source, metrics=metrics,

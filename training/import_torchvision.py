@@ -10,14 +10,20 @@ the graph, so the service needs nothing special.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import tempfile
+import urllib.request
 from pathlib import Path
 
 import torch
 from torchvision.models import AlexNet_Weights
+from tqdm import tqdm
 
 from core import constants as C
 from core import store
+from core.durable import fsync_path
 from training.export import export_checkpoint
 from training.model import build_model
 
@@ -28,6 +34,60 @@ WEIGHTS = AlexNet_Weights.IMAGENET1K_V1
 def published_sha256_prefix() -> str:
     """torchvision names its files <arch>-<first 8 hex digits of the file's sha256>.pth."""
     return Path(WEIGHTS.url).stem.rsplit("-", 1)[-1]
+
+
+def hub_weights_path() -> Path:
+    """Where torchvision keeps (and looks for) the weights file: the torch hub cache,
+    torch.hub.get_dir()/checkpoints/ (TORCH_HOME, default ~/.cache/torch/hub)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(WEIGHTS.url).name
+
+
+def download_weights(path: Path, *, timeout: float, progress: bool = True) -> None:
+    """Download torchvision's file to `path`, giving up when the server does not answer (or
+    stalls) for `timeout` seconds; it is written beside and renamed in once its sha256
+    starts as torchvision's file name says.
+
+    Raises:
+        OSError: no answer, a stall or a network error (nothing is left at `path`).
+        ValueError: what came is not torchvision's file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(WEIGHTS.url, timeout=timeout) as r:
+            size = int(r.headers.get("Content-Length") or 0) or None
+            with tqdm(total=size, unit="B", unit_scale=True, desc=path.name,
+                      disable=not progress) as bar:  # fmt: skip
+                while block := r.read(1 << 20):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+        if not digest.hexdigest().startswith(published_sha256_prefix()):
+            raise ValueError(f"{WEIGHTS.url} gave a file whose sha256 is not torchvision's")
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def find_weights(*, offline: bool, timeout: float = 10.0, progress: bool = True) -> Path | None:
+    """torchvision's ImageNet weights file, if it can be had: the torch hub cache, else (not
+    `offline`) a download into it that must answer within `timeout` seconds; else None."""
+    path = hub_weights_path()
+    if path.is_file():
+        return path
+    if offline:
+        log.info("no %s in the torch hub cache and offline: not downloading", path.name)
+        return None
+    log.info("downloading %s into %s (gives up after %.0f s without an answer)",
+             WEIGHTS.url, path.parent, timeout)  # fmt: skip
+    try:
+        download_weights(path, timeout=timeout, progress=progress)
+    except (OSError, ValueError) as e:
+        log.info("could not download %s: %s", WEIGHTS.url, e)
+        return None
+    return path
 
 
 def read_state_dict(weights_file: Path | None) -> tuple[dict, dict]:

@@ -20,6 +20,7 @@ subtracting the training set's mean image. Every epoch writes `checkpoint.pt` (a
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 from dataclasses import asdict, dataclass, replace
@@ -60,6 +61,10 @@ class TrainConfig:
     lr: float = C.LEARNING_RATE
     momentum: float = C.MOMENTUM
     weight_decay: float = C.WEIGHT_DECAY
+    optimizer: str = "sgd"  # sgd (the paper's) or adamw
+    schedule: str = "plateau"  # plateau (the paper's) or cosine (warmup, then cosine to 0)
+    warmup_epochs: float = 0.0  # cosine: linear warmup from 0 over this many epochs
+    label_smoothing: float = 0.0  # cross-entropy target smoothing (the paper: none)
     lr_factor: float = C.LR_FACTOR  # multiply the lr by this when val top-1 error plateaus
     lr_patience: int = 3  # epochs without improvement before the lr drops
     min_lr: float = 1e-5  # three drops from 0.01
@@ -74,6 +79,53 @@ class TrainConfig:
     resume: Path | None = None  # checkpoint to continue from
     save_every: int = 0  # also keep epoch_<N>.pt every N epochs (0: never)
     no_progress: bool = False  # hide progress bars
+
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("plateau", "cosine")
+
+
+def make_optimizer(args: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """The paper's SGD with momentum, or AdamW (decoupled weight decay, no decay on biases
+    and batch-norm parameters, as is usual for it)."""
+    if args.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
+        )
+    if args.optimizer == "adamw":
+        decay = [p for p in model.parameters() if p.dim() > 1]
+        no_decay = [p for p in model.parameters() if p.dim() <= 1]
+        groups = [{"params": decay, "weight_decay": args.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]  # fmt: skip
+        return torch.optim.AdamW(groups, lr=args.lr)
+    raise ValueError(
+        f"Invalid optimizer {args.optimizer!r}. Only {', '.join(OPTIMIZERS)} are supported."
+    )
+
+
+def make_scheduler(
+    args: TrainConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | torch.optim.lr_scheduler.ReduceLROnPlateau:
+    """plateau: the paper's rule (divide the lr when val top-1 error stops improving), stepped
+    once an epoch. cosine: a linear warmup over `warmup_epochs`, then a cosine from the lr to 0
+    at the end of the last epoch, stepped after every batch; it fixes the whole schedule in
+    advance, so a short run ends at a small lr instead of waiting for a plateau."""
+    if args.schedule == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min",
+            factor=args.lr_factor, patience=args.lr_patience, min_lr=args.min_lr)  # fmt: skip
+    if args.schedule == "cosine":
+        total = max(1, args.epochs * steps_per_epoch)
+        warmup = min(total - 1, round(args.warmup_epochs * steps_per_epoch))
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / (total - warmup))))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    raise ValueError(
+        f"Invalid schedule {args.schedule!r}. Only {', '.join(SCHEDULES)} are supported."
+    )
 
 
 def seed_epoch(seed: int, epoch: int, rank: int, device: torch.device) -> torch.Generator:
@@ -99,8 +151,13 @@ def train_one_epoch(
     channels_last: bool,
     epoch: int,
     progress: bool,
+    label_smoothing: float = 0.0,
+    step_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
-    """One pass over the training set; returns loss, top-1 error, images/s and files skipped."""
+    """One pass over the training set; returns loss, top-1 error, images/s and files skipped.
+
+    `step_scheduler`, when given, is stepped after every optimizer step (a per-step schedule).
+    """
     model.train()
     sums = [0.0, 0.0, 0.0, 0.0]  # loss, top-1 wrong, images, skipped
     start = time.perf_counter()
@@ -124,10 +181,16 @@ def train_one_epoch(
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(x)
-        loss = F.cross_entropy(logits.float(), labels) if len(labels) else logits.sum() * 0
+        loss = (
+            F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+            if len(labels)
+            else logits.sum() * 0
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if step_scheduler is not None:
+            step_scheduler.step()
         sums[0] += loss.item() * len(labels)
         sums[1] += (logits.argmax(1) != labels).sum().item()
         sums[2] += len(labels)
@@ -288,12 +351,9 @@ def train(config: TrainConfig) -> dict:
         else model
     )
 
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay
-    )
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimizer, mode="min", factor=args.lr_factor, patience=args.lr_patience, min_lr=args.min_lr
-    )
+    optimizer = make_optimizer(args, model)
+    scheduler = make_scheduler(args, optimizer, steps_per_epoch=len(train_loader))
+    per_step = args.schedule != "plateau"
     start_epoch, history, best = 0, [], float("inf")
     if ckpt is not None:
         optimizer.load_state_dict(ckpt["optimizer"])
@@ -331,6 +391,8 @@ def train(config: TrainConfig) -> dict:
             channels_last=channels_last,
             epoch=epoch,
             progress=not args.no_progress,
+            label_smoothing=args.label_smoothing,
+            step_scheduler=scheduler if per_step else None,
         )
         val = evaluate(
             model,
@@ -341,8 +403,9 @@ def train(config: TrainConfig) -> dict:
             amp=amp,
             progress=not args.no_progress,
         )
-        lr = optimizer.param_groups[0]["lr"]
-        scheduler.step(val["top1_err"])
+        lr = optimizer.param_groups[0]["lr"]  # at the epoch's end (per-step schedules move)
+        if not per_step:
+            scheduler.step(val["top1_err"])
         row = {
             "epoch": epoch,
             "lr": lr,

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Path
 from fastapi.responses import FileResponse, JSONResponse
 
-from core import store
+from core import model_info, store
 from service.deps import ApiKeyDep, StateDep
 from service.model_switch import SwitchConflictError, SwitchJob
 from service.schemas import (
@@ -42,7 +42,8 @@ async def models(state: StateDep) -> ModelsResponse:
         m = lm.manifest
         loaded = ModelInfo(
             id=m.id, name=m.name, version=m.version, arch=m.arch, num_classes=m.num_classes,
-            labels=m.labels, crop_size=m.crop_size, precision=lm.precision, provider=lm.provider,
+            knows=model_info.knows(m), hint=model_info.real_labels_hint(m), labels=m.labels,
+            crop_size=m.crop_size, precision=lm.precision, provider=lm.provider,
             metrics=m.metrics, files={k: v.model_dump() for k, v in m.files.items()},
             pictures={k: f"/models/pictures/{k}" for k in m.pictures},
         )  # fmt: skip

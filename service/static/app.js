@@ -164,18 +164,20 @@ async function loadModel() {
   try {
     info = await (await api("/models")).json();
   } catch (e) {
-    $("model-line").textContent = e.message;
+    $("model-knows").textContent = e.message;
     setTimeout(loadModel, 3000);
     return;
   }
   const m = info.loaded;
   if (!m) {
-    $("model-line").textContent = "The model is still loading…";
+    $("model-knows").textContent = "The model is still loading…";
     setTimeout(loadModel, 2000);
     return;
   }
-  $("model-line").textContent =
-    `Model ${m.id} (${m.arch}, ${m.num_classes} classes), ${m.precision} on ${m.provider}`;
+  $("model-knows").textContent = `This model knows ${m.knows}.`;
+  $("model-hint").textContent = m.hint ? `It is ${m.hint}.` : "";
+  $("model-hint").hidden = !m.hint;
+  $("model-line").textContent = `Model ${m.id} (${m.arch}), ${m.precision} on ${m.provider}`;
   // /predict gives at most as many labels as the model has classes: say which it shows
   $("predictions-heading").textContent =
     `Top ${Math.min(TOP_K, m.num_classes)} of ${m.num_classes} classes`;

@@ -163,6 +163,9 @@ def test_health_models_metrics_and_docs(server: str) -> None:
         and models["loaded"]["provider"] == "CPUExecutionProvider"
     )
     assert models["available"] == ["tiny:1"]
+    labels = models["loaded"]["labels"]
+    assert models["loaded"]["knows"] == f"{len(labels)} classes: {', '.join(labels)}"
+    assert models["loaded"]["hint"] is None
     text = httpx.get(f"{server}/metrics").text
     assert 'alexnet_requests_total{endpoint="/predict",method="POST",status="200"}' in text
     assert "alexnet_batch_images_bucket" in text and "alexnet_gallery_items" in text

@@ -236,3 +236,12 @@ def test_model_pictures_keep_their_proportions(page, page_server: str, tmp_path:
             assert box[0] <= width  # and it fits the window
             if url.endswith("/filters") and img.width < width - 100:
                 assert box == [img.width, img.height]  # 1:1, every kernel the same size
+
+
+def test_the_header_says_what_the_model_knows(page, page_server: str) -> None:
+    loaded = httpx.get(f"{page_server}/models").json()["loaded"]
+    page.wait_for_function("document.querySelector('#model-line').textContent !== ''")
+    assert page.inner_text("#model-knows") == (
+        f"This model knows {len(loaded['labels'])} classes: {', '.join(loaded['labels'])}."
+    )
+    assert page.is_hidden("#model-hint")  # no hint: the session's model is not the default

@@ -11,8 +11,14 @@ import pytest
 from alexnet.main import main as cli
 from core import store
 from core.durable import write_json_atomic
-from core.model_loader import load_model
-from training.quantize import agreement
+from core.model_loader import ModelLoadError, load_model
+from training.quantize import (
+    AgreementTooLowError,
+    agreement,
+    check_agreement,
+    quantize,
+    wilson_lower_bound,
+)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +68,9 @@ def test_other_precisions_keep_the_contracts_io_and_follow_fp32(
 def test_below_the_agreement_bar_the_int8_model_is_refused(
     quantized: Path, synth_root: Path, tmp_path: Path
 ) -> None:
-    measured = store.read_manifest(quantized / "tiny" / "1").files["int8"].details["top1_agreement"]
+    details = store.read_manifest(quantized / "tiny" / "1").files["int8"].details
+    bound = details["top1_agreement_lower_bound"]
+    assert 0 <= bound <= details["top1_agreement"]
     fresh = tmp_path / "store"
     shutil.copytree(quantized, fresh)
     folder = fresh / "tiny" / "1"
@@ -71,7 +79,7 @@ def test_below_the_agreement_bar_the_int8_model_is_refused(
     del m.files["int8"]
     write_json_atomic(folder / "manifest.json", m.model_dump())
     rc = cli(["quantize", "tiny:1", "--store", str(fresh), "--calibration", str(synth_root),
-              "--precisions", "int8", "--min-agreement", str(measured + 1e-6)])  # fmt: skip
+              "--precisions", "int8", "--min-agreement", str(bound + 1e-6)])  # fmt: skip
     assert rc == 1
     assert "int8" not in store.read_manifest(folder).files
     assert not (folder / "model.int8.onnx").exists()
@@ -101,3 +109,43 @@ def test_fp16_range_warnings_become_one_log_line(exported: Path, tmp_path: Path,
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("fp16:")]
     assert len(lines) == 1 and "rounded" in lines[0], lines
     assert out.stat().st_size > 0
+
+
+def test_the_bound_is_the_wilson_score_interval_of_scipy() -> None:
+    """The one-sided 95% bound is the lower end of the two-sided 90% Wilson interval."""
+    stats = pytest.importorskip("scipy.stats")
+    for agree, n in [(80, 80), (79, 80), (200, 200), (196, 200), (195, 200), (7, 10), (0, 5)]:
+        ci = stats.binomtest(agree, n).proportion_ci(confidence_level=0.90, method="wilson")
+        assert wilson_lower_bound(agree, n, 0.95) == pytest.approx(ci.low, abs=1e-12)
+
+
+def _details(agree: int, n: int) -> dict:
+    return {"held_out_images": n, "top1_agreement": agree / n,
+            "top1_agreement_lower_bound": wilson_lower_bound(agree, n, 0.95)}  # fmt: skip
+
+
+def test_one_disagreement_is_no_reason_to_refuse_but_many_are() -> None:
+    # the old rule (raw agreement >= 99% on 80 images) refused 79 of 80
+    check_agreement(_details(79, 80), min_agreement=0.9, confidence=0.95)
+    check_agreement(_details(196, 200), min_agreement=0.95, confidence=0.95)  # 98%
+    with pytest.raises(AgreementTooLowError, match="more or more representative"):
+        check_agreement(_details(186, 200), min_agreement=0.95, confidence=0.95)  # 93%
+    # perfect agreement on too few images proves nothing: the message says to read more
+    with pytest.raises(AgreementTooLowError, match="give more --images"):
+        check_agreement(_details(24, 24), min_agreement=0.95, confidence=0.95)
+
+
+def test_a_listed_file_is_checked_and_skipped_before_any_image_is_read(
+    quantized: Path, tmp_path: Path
+) -> None:
+    fresh = tmp_path / "store"
+    shutil.copytree(quantized, fresh)
+    before = store.read_manifest(fresh / "tiny" / "1")
+    # no calibration folder at all: reading one would fail
+    after = quantize(fresh, "tiny:1", tmp_path / "absent", precisions=("int8", "fp16"))
+    assert after.files == before.files
+    with open(fresh / "tiny" / "1" / "model.int8.onnx", "r+b") as f:
+        f.seek(1000)
+        f.write(b"changed")
+    with pytest.raises(ModelLoadError, match="corrupt or was changed"):
+        quantize(fresh, "tiny:1", tmp_path / "absent", precisions=("int8",))
