@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from tqdm import tqdm
 
 from core import constants as C
 from core import store
-from core.durable import fsync_path
+from core.durable import write_atomic
 from training.export import export_checkpoint
 from training.model import build_model
 
@@ -51,11 +49,10 @@ def download_weights(path: Path, *, timeout: float, progress: bool = True) -> No
         OSError: no answer, a stall or a network error (nothing is left at `path`).
         ValueError: what came is not torchvision's file.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(WEIGHTS.url, timeout=timeout) as r:
+
+    def fetch(out) -> None:
+        digest = hashlib.sha256()
+        with urllib.request.urlopen(WEIGHTS.url, timeout=timeout) as r:
             size = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=size, unit="B", unit_scale=True, desc=path.name,
                       disable=not progress) as bar:  # fmt: skip
@@ -65,10 +62,8 @@ def download_weights(path: Path, *, timeout: float, progress: bool = True) -> No
                     bar.update(len(block))
         if not digest.hexdigest().startswith(published_sha256_prefix()):
             raise ValueError(f"{WEIGHTS.url} gave a file whose sha256 is not torchvision's")
-        fsync_path(tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+
+    write_atomic(path, fetch)  # the temporary file is removed on any failure
 
 
 def find_weights(*, offline: bool, timeout: float = 10.0, progress: bool = True) -> Path | None:
