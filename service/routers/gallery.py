@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import mimetypes
-from typing import Annotated
+from collections.abc import Awaitable, Callable
+from typing import Annotated, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, File, Form, HTTPException, Path, Query, Response, UploadFile
@@ -98,17 +99,13 @@ async def similar(
     k: Annotated[int, Query(ge=1, le=1000, description="neighbours to return")] = 10,
 ) -> SimilarResponse:
     uploads = await read_images([image], settings, state.metrics)
-    for retry in (False, True):
-        engine = current_engine(state, engine)
+
+    async def search(engine: Engine) -> SimilarResponse:
         _, fc7 = await engine.infer(uploads.pixels)
-        try:
-            found = await run_in_threadpool(gallery.search, fc7[0], k, model_sha256(engine))
-        except GalleryModelChangedError:  # the gallery switched models under this request
-            if retry or not await switched(state, engine):
-                raise  # 503 with Retry-After
-            continue
+        found = await run_in_threadpool(gallery.search, fc7[0], k, model_sha256(engine))
         return SimilarResponse(neighbors=found)
-    raise AssertionError("unreachable")
+
+    return await with_current_model(state, engine, search)
 
 
 @router.post(
@@ -136,25 +133,21 @@ async def add(
 ) -> AddResponse:
     meta = _parse_metadata(metadata, settings.max_metadata_bytes)
     uploads = await read_images(image, settings, state.metrics)
-    for retry in (False, True):
-        engine = current_engine(state, engine)
+
+    async def add_items(engine: Engine) -> AddResponse:
         job = state.switcher.accepting() if state.switcher is not None else None
         fc7, next_fc7 = await _embed(engine, job, uploads.pixels)
         items = [
             NewItem(image_bytes=data, image_ext=ext, vector=vector, label=label, metadata=meta)
             for data, ext, vector in zip(uploads.raw, uploads.extensions, fc7, strict=True)
         ]
-        try:  # durable when it returns
-            ids = await run_in_threadpool(gallery.add, items, model_sha256(engine))
-        except GalleryModelChangedError:  # the gallery switched models under this request
-            if retry or not await switched(state, engine):
-                raise  # 503 with Retry-After
-            continue
+        ids = await run_in_threadpool(gallery.add, items, model_sha256(engine))  # durable now
         if job is not None and next_fc7 is not None:
             job.note(ids, next_fc7)  # the model being prepared has these items already
         state.metrics.gallery_items.set(len(gallery))
         return AddResponse(items=[ItemRef(id=i) for i in ids])
-    raise AssertionError("unreachable")
+
+    return await with_current_model(state, engine, add_items)
 
 
 async def _embed(
@@ -178,10 +171,23 @@ async def _embed(
         return fc7, None
 
 
-async def switched(state: AppState, engine: Engine) -> bool:
-    """After the gallery refused `engine`'s vector: True once the app serves another model
-    (waiting for a switch in progress to finish), so the request can be repeated with it."""
-    return state.switcher is not None and await state.switcher.replaced(engine)
+T = TypeVar("T")
+
+
+async def with_current_model(
+    state: AppState, started_with: Engine, attempt: Callable[[Engine], Awaitable[T]]
+) -> T:
+    """`attempt(engine)` with the engine in use now. If the gallery refuses its vectors
+    because it switched models under the request, and this replica's own switch replaced the
+    engine (waiting for a switch in progress to finish), once more with the new engine;
+    else the refusal stands (503 with Retry-After: a replica still following the switch)."""
+    engine = current_engine(state, started_with)
+    try:
+        return await attempt(engine)
+    except GalleryModelChangedError:
+        if state.switcher is None or not await state.switcher.replaced(engine):
+            raise
+    return await attempt(current_engine(state, engine))
 
 
 @router.get("/gallery", response_model=GalleryPage, responses=error_responses(422, 503))
