@@ -31,11 +31,11 @@ from service.body_limit import BodyLimitMiddleware
 from service.config import Settings, check_model_choice
 from service.decode import ImageError
 from service.deps import AppState, NotReadyError
-from service.engine import Engine, OverloadedError
+from service.engine import OverloadedError
 from service.gallery import GalleryModelChangedError, GalleryUnavailableError
 from service.model_switch import ModelSwitcher, open_served_gallery
 from service.oip.errors import error_body, is_protocol_path
-from service.resources import load_served_model
+from service.resources import load_served_model, start_engine
 from service.routers import gallery, health, models, oip, page, predict
 
 log = logging.getLogger("service")
@@ -83,18 +83,8 @@ async def load(state: AppState) -> None:
     s = state.settings
     try:
         loaded = await run_in_threadpool(load_served_model, s)
-        state.metrics.model.info(
-            {"model": loaded.id, "precision": loaded.precision, "provider": loaded.provider}
-        )
-        engine = Engine(
-            loaded,
-            max_batch=s.max_batch,
-            max_wait_ms=s.max_wait_ms,
-            max_queue=s.max_queue,
-            on_batch=state.metrics.observe_batch,
-        )
-        await engine.start()
-        state.engine = engine  # /predict needs no gallery
+        state.metrics.serving(loaded.id, loaded.precision, loaded.provider)
+        state.engine = await start_engine(loaded, s, state.metrics)  # /predict needs no gallery
         await open_gallery_when_reachable(state, loaded)
         state.failure = None
         if state.switcher is not None:  # follow a model switch made by another replica

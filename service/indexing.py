@@ -134,6 +134,6 @@ def reindex(
         batches = range(0, len(stored), batch_size)
         for start in tqdm(batches, desc="re-embedding", unit="batch", disable=not progress):
             chunk = stored[start : start + batch_size]
-            vectors.update(embed_stored(chunk, lambda px: engine.run(px)[1], settings))
+            vectors.update(embed_stored(chunk, lambda px: engine.run(px)[1], settings, batch_size))
         g.replace_vectors(vectors, **binding)
     return len(vectors), recorded

@@ -58,6 +58,10 @@ class Metrics:
             registry=r,
         )
 
+    def serving(self, model: str, precision: str, provider: str) -> None:
+        """Name the model in use (at start-up and after a switch)."""
+        self.model.info({"model": model, "precision": precision, "provider": provider})
+
     def observe_batch(self, images: int, seconds: float) -> None:
         self.batch_size.observe(images)
         self.inference.observe(seconds)

@@ -60,7 +60,7 @@ from service.gallery import (
 )
 from service.gallery import open_gallery as open_location
 from service.reembed import BATCH, embed_stored
-from service.resources import open_gallery
+from service.resources import open_gallery, start_engine
 
 if TYPE_CHECKING:
     from service.deps import AppState
@@ -276,11 +276,7 @@ class ModelSwitcher:
                     f"{job.target_sha256[:12]}..., but this replica's store holds "
                     f"{binding['model_sha256'][:12]}... under that name"
                 )
-            job.engine = Engine(
-                loaded, max_batch=s.max_batch, max_wait_ms=s.max_wait_ms, max_queue=s.max_queue,
-                on_batch=metrics.observe_batch,
-            )  # fmt: skip
-            await job.engine.start()
+            job.engine = await start_engine(loaded, s, metrics)
             if job.kind == "switch":
                 await self._reembed(job, gallery, from_sha256, binding)
             else:
@@ -288,8 +284,7 @@ class ModelSwitcher:
                 await run_in_threadpool(gallery.rebind, target)
             # No await from here on: the swap is atomic for every request.
             self.state.engine = job.engine
-            metrics.model.info({"model": loaded.id, "precision": loaded.precision,
-                                "provider": loaded.provider})  # fmt: skip
+            metrics.serving(loaded.id, loaded.precision, loaded.provider)
             job.state = "done"
             metrics.switches.labels(job.kind, "succeeded").inc()
             log.info("model %s: now serving %s", job.kind, job.model_id)

@@ -44,17 +44,19 @@ def embed_stored(
     chunk: Sequence[tuple[str, bytes]],
     fc7_of: Callable[[np.ndarray], np.ndarray],
     settings: Settings,
+    batch: int = BATCH,
 ) -> dict[str, np.ndarray]:
-    """id -> fc7 vector of stored images, in model calls of at most BATCH images.
+    """id -> fc7 vector of stored images, in model calls of at most `batch` images.
 
     Args:
         chunk: (id, image bytes) of the items.
         fc7_of: (n, 256, 256, 3) uint8 -> (n, 4096) fc7, the new model's.
         settings: the decode limits.
+        batch: images per model call.
     """
     vectors: dict[str, np.ndarray] = {}
-    for start in range(0, len(chunk), BATCH):
-        part = chunk[start : start + BATCH]
+    for start in range(0, len(chunk), batch):
+        part = chunk[start : start + batch]
         fc7 = fc7_of(stored_pixels(part, settings))
         vectors.update({item_id: v for (item_id, _), v in zip(part, fc7, strict=True)})
     return vectors

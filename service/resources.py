@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from core.model_loader import LoadedModel, load_model
 from service.config import Settings, model_spec
+from service.engine import Engine
 from service.gallery import GalleryBackend
 from service.gallery import open_gallery as open_location
+from service.metrics import Metrics
 
 
 def load_served_model(settings: Settings) -> LoadedModel:
@@ -26,3 +28,18 @@ def open_gallery(settings: Settings, loaded: LoadedModel) -> GalleryBackend:
     return open_location(
         settings.gallery, exact_max=settings.gallery_exact_max, **loaded.gallery_binding()
     )
+
+
+async def start_engine(loaded: LoadedModel, settings: Settings, metrics: Metrics) -> Engine:
+    """A started batching engine over `loaded` with the settings' batch, wait and queue
+    limits, its calls observed in `metrics`: the one the app serves, at start-up or after a
+    model switch."""
+    engine = Engine(
+        loaded,
+        max_batch=settings.max_batch,
+        max_wait_ms=settings.max_wait_ms,
+        max_queue=settings.max_queue,
+        on_batch=metrics.observe_batch,
+    )
+    await engine.start()
+    return engine
