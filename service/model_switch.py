@@ -209,13 +209,12 @@ class ModelSwitcher:
     # ----------------------------------------------------------------- starting
 
     def start(self, model: str, precision: str | None) -> SwitchJob:
-        """Start switching to `model`: checked here (FileNotFoundError: not in the store,
-        ValueError: a bad spec, SwitchConflictError: busy), run in the background."""
+        """Start switching to `model` (the caller checks that the model and the gallery are
+        loaded): checked here (FileNotFoundError: not in the store, ValueError: a bad spec,
+        SwitchConflictError: busy), run in the background."""
         s = self.state.settings
         if self.state.engine is None or self.state.gallery is None:
-            from service.deps import NotReadyError
-
-            raise NotReadyError(self.state.failure or "the model and the gallery are loading")
+            raise RuntimeError("start() needs the model and the gallery loaded")
         if self.running:
             raise SwitchConflictError(
                 f"a switch to {self.job.model} is already running ({self.job.state})"

@@ -10,7 +10,7 @@ from fastapi import APIRouter, HTTPException, Path
 from fastapi.responses import FileResponse, JSONResponse
 
 from core import model_info, store
-from service.deps import ApiKeyDep, StateDep
+from service.deps import ApiKeyDep, StateDep, get_engine, get_gallery
 from service.model_switch import SwitchConflictError, SwitchJob
 from service.schemas import (
     Error,
@@ -76,6 +76,8 @@ async def switch(state: StateDep, body: SwitchRequest) -> JSONResponse:
     """
     if state.switcher is None:
         raise HTTPException(503, "model switching is not available")
+    get_engine(state)  # 503 (NotReadyError) until the model and the gallery are loaded
+    get_gallery(state)
     try:
         job = state.switcher.start(body.model, body.precision)
     except SwitchConflictError as e:
