@@ -21,6 +21,11 @@ from tests.service.conftest import REPO, running_server
 SMALL = ["--classes", "3", "--per-class", "8", "--epochs", "1", "--batch-size", "6"]
 
 
+def link_tree(src: Path, dst: Path) -> None:
+    """`src` copied as hard links: for files a test only reads (the build replaces, never edits)."""
+    shutil.copytree(src, dst, copy_function=os.link)
+
+
 def quickstart_argv(root: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "alexnet", "quickstart", "--store", str(root / "store"),
             "--gallery", str(root / "gallery"), "--data-dir", str(root / "data"),
@@ -74,7 +79,7 @@ def test_a_second_run_reuses_everything(built: Path) -> None:
 def test_an_interrupted_build_continues_where_it_stopped(built: Path, tmp_path: Path) -> None:
     # as if the build had stopped after training: data and run exist, no model, no gallery
     for part in ("data", "run"):
-        shutil.copytree(built / part, tmp_path / part)
+        link_tree(built / part, tmp_path / part)
     before = (tmp_path / "run" / "checkpoint.pt").stat().st_mtime_ns
     done = quickstart(tmp_path, "--build-only")
     assert done.returncode == 0, done.stderr[-3000:]
@@ -140,7 +145,9 @@ def test_the_log_says_what_the_model_knows_and_how_to_get_real_labels(built: Pat
 @pytest.fixture
 def two_models(built: Path, tmp_path: Path) -> Path:
     """The built default and a second model, "other", in a copy of the store."""
-    for part in ("data", "run", "store", "gallery"):
+    for part in ("data", "run"):  # only read: linked, not copied (checkpoints are big)
+        link_tree(built / part, tmp_path / part)
+    for part in ("store", "gallery"):
         shutil.copytree(built / part, tmp_path / part)
     shutil.copytree(tmp_path / "store" / "default", tmp_path / "store" / "other")
     m = store.read_manifest(tmp_path / "store" / "other" / "1")
