@@ -95,3 +95,20 @@ def test_two_process_ddp_on_cpu_keeps_ranks_identical(synth_root: Path, tmp_path
     assert round(ckpt["metrics"][0]["val_top1_err"] * 12) == pytest.approx(
         ckpt["metrics"][0]["val_top1_err"] * 12
     )
+
+
+def test_cpu_training_runs_in_bf16_where_the_cpu_has_it(synth_root: Path, tmp_path: Path) -> None:
+    """`--amp` on CPU: bf16 autocast where the CPU does bf16 in hardware (it then computes a
+    different loss from `--no-amp`'s fp32), fp32 elsewhere (the same loss)."""
+    losses = {}
+    for amp in ("--amp", "--no-amp"):
+        out = tmp_path / amp
+        train(train_args(synth_root, out, "--arch", "bn", "--epochs", "1", "--batch-size", "12",
+                         "--device", "cpu", amp))  # fmt: skip
+        losses[amp] = load_checkpoint(out / "checkpoint.pt")["metrics"][0]["train_loss"]
+    caps = torch.cpu.get_capabilities()
+    if any(caps.get(k) for k in ("amx_bf16", "avx512_bf16", "bf16")):
+        assert losses["--amp"] != losses["--no-amp"]
+        assert abs(losses["--amp"] - losses["--no-amp"]) < 0.1 * losses["--no-amp"]
+    else:
+        assert losses["--amp"] == losses["--no-amp"]
