@@ -24,6 +24,7 @@ import onnxruntime as ort
 from core import constants as C
 from core import store
 from core.gpu import cuda_gpus
+from core.thread_cpu import started_threads
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ class LoadedModel:
     precision: str
     session: ort.InferenceSession
     provider: str  # the provider the session actually runs on
+    # kernel ids of the threads onnxruntime started for this session (its intra-op pool),
+    # so the service can count the session's CPU time (`core.thread_cpu`)
+    pool_threads: tuple[int, ...] = ()
 
     @property
     def id(self) -> str:
@@ -185,16 +189,19 @@ def load_model(
     first = "fp32" if precision == "auto" else precision
     if precision == "auto" and device != "cpu" and "fp16" in manifest.files:
         first = "fp16"  # right if CUDA really runs; checked below
-    session = _create(check_file(folder, manifest, first), device, threads)
+    session, pool = started_threads(
+        lambda: _create(check_file(folder, manifest, first), device, threads)
+    )
     on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
     chosen = first
     if precision == "auto":
         wanted = "fp16" if on_cuda and "fp16" in manifest.files else (
             "int8" if not on_cuda and "int8" in manifest.files else "fp32")  # fmt: skip
         if wanted != first:
-            session = _create(
+            del session  # its pool threads end with it
+            session, pool = started_threads(lambda: _create(
                 check_file(folder, manifest, wanted), "cpu" if not on_cuda else device, threads
-            )
+            ))  # fmt: skip
             chosen = wanted
     check_io(session, manifest)
     provider = session.get_providers()[0]
@@ -214,5 +221,10 @@ def load_model(
         provider,
     )
     return LoadedModel(
-        manifest=manifest, folder=folder, precision=chosen, session=session, provider=provider
+        manifest=manifest,
+        folder=folder,
+        precision=chosen,
+        session=session,
+        provider=provider,
+        pool_threads=pool,
     )

@@ -40,6 +40,7 @@ async def start_engine(loaded: LoadedModel, settings: Settings, metrics: Metrics
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,
         on_batch=metrics.observe_batch,
+        on_cpu=metrics.engine_cpu.inc,
     )
     await engine.start()
     return engine
