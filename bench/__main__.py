@@ -92,6 +92,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=2, help="onnxruntime / torch threads")
     p.add_argument(
+        "--spinning",
+        choices=["on", "off"],
+        default="off",
+        help="onnxruntime's intra-op spinning, for the raw engine and the served model alike "
+        "(ALEXNET_SPINNING; default: off, the service's default)",
+    )
+    p.add_argument(
         "--min-seconds",
         type=float,
         default=4.0,
@@ -153,7 +160,8 @@ def main(args: argparse.Namespace) -> dict:
             if "engine" in args.only:
                 log.info("raw engine, %s %s", arch, precision)
                 rows = throughput.engine(store, model, precision, pixels, args.batches,
-                                         args.threads, args.min_seconds)  # fmt: skip
+                                         args.threads, args.min_seconds,
+                                         spinning=args.spinning == "on")  # fmt: skip
                 results["engine"] += [{"arch": arch, **r} for r in rows]
             if "service" in args.only:
                 results["service"] += service(args, store, arch, precision, jpegs,
@@ -187,7 +195,7 @@ def service(args: argparse.Namespace, store: Path, arch: str, precision: str, jp
     CPU time per image: its process's, its onnxruntime session's, and the rest (the
     service's own work); the ceiling those CPU times allow on this machine's cores."""
     env = {"precision": precision, "threads": str(args.threads), "device": "cpu",
-           "model": models.name_of(arch)}  # fmt: skip
+           "model": models.name_of(arch), "spinning": args.spinning}  # fmt: skip
     if args.max_wait_ms is not None:
         env["max_wait_ms"] = str(args.max_wait_ms)
     gallery = args.work / "gallery-empty"

@@ -33,11 +33,12 @@ def percentiles(seconds: list[float]) -> dict:
 
 def engine(
     store: Path, model: str, precision: str, images: np.ndarray, batches: list[int],
-    threads: int, min_seconds: float,
+    threads: int, min_seconds: float, spinning: bool | None = None,
 ) -> list[dict]:  # fmt: skip
     """Images/s of direct `session.run` calls at each batch size (after one warm-up call), and
     the process CPU time per image they cost (this process does nothing else meanwhile)."""
-    loaded = load_model(store, model, precision=precision, device="cpu", threads=threads)
+    loaded = load_model(store, model, precision=precision, device="cpu", threads=threads,
+                        spinning=spinning)  # fmt: skip
     out = []
     for batch in batches:
         x = np.stack([images[i % len(images)] for i in range(batch)])

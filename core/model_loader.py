@@ -60,12 +60,18 @@ class LoadedModel:
         }
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, spinning: bool | None = None) -> ort.SessionOptions:
+    """Full graph optimization; `threads` intra-op threads; `spinning`: whether those threads
+    busy-wait for work between and within calls (None: onnxruntime's default, on)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         # In a container the default pool sizes itself to the host's cores, not the limit.
         options.intra_op_num_threads = threads
+    if spinning is not None:
+        # Spinning saves a wake-up per parallel section, but burns the cores that a server's
+        # other threads (decoding, HTTP) need when there are only a few.
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
     return options
 
 
@@ -95,10 +101,12 @@ def _providers(device: str) -> list:
     return [("CUDAExecutionProvider", cuda_options), cpu]
 
 
-def _create(path: Path, device: str, threads: int | None) -> ort.InferenceSession:
+def _create(
+    path: Path, device: str, threads: int | None, spinning: bool | None
+) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(
-            str(path), session_options(threads), providers=_providers(device)
+            str(path), session_options(threads, spinning), providers=_providers(device)
         )
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ModelLoadError(f"onnxruntime cannot load {path}: {e}") from None
@@ -160,6 +168,7 @@ def load_model(
     precision: str = "auto",
     device: str = "auto",
     threads: int | None = None,
+    spinning: bool | None = None,
 ) -> LoadedModel:
     """Resolve 'name[:version]', check the file, create and check the session.
 
@@ -169,6 +178,7 @@ def load_model(
         precision: auto, fp32, fp16 or int8.
         device: auto (CUDA when it really works), cuda or cpu.
         threads: onnxruntime intra-op threads (None: onnxruntime's default).
+        spinning: whether they busy-wait for work (None: onnxruntime's default, yes).
 
     Raises:
         FileNotFoundError: no such model or version.
@@ -190,7 +200,7 @@ def load_model(
     if precision == "auto" and device != "cpu" and "fp16" in manifest.files:
         first = "fp16"  # right if CUDA really runs; checked below
     session, pool = started_threads(
-        lambda: _create(check_file(folder, manifest, first), device, threads)
+        lambda: _create(check_file(folder, manifest, first), device, threads, spinning)
     )
     on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
     chosen = first
@@ -200,7 +210,8 @@ def load_model(
         if wanted != first:
             del session  # its pool threads end with it
             session, pool = started_threads(lambda: _create(
-                check_file(folder, manifest, wanted), "cpu" if not on_cuda else device, threads
+                check_file(folder, manifest, wanted), "cpu" if not on_cuda else device, threads,
+                spinning,
             ))  # fmt: skip
             chosen = wanted
     check_io(session, manifest)

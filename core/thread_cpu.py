@@ -38,7 +38,7 @@ def started_threads(create: Callable[[], T]) -> tuple[T, tuple[int, ...]]:
 
 
 def cpu_seconds(tid: int) -> float:
-    """CPU seconds (user + system) of the thread `tid` of this process; 0 once it ended.
+    """CPU seconds (user + system) of the thread `tid` of this process; 0 if there is none.
 
     Linux's per-thread CPU clock id, `MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)` in the
     kernel's posix-cpu-timers: nanosecond resolution, where /proc/.../stat counts 10 ms ticks.

@@ -19,6 +19,7 @@ def load_served_model(settings: Settings) -> LoadedModel:
         precision=settings.precision,
         device=settings.device,
         threads=settings.threads,
+        spinning=settings.spinning == "on",
     )
 
 
