@@ -57,6 +57,10 @@ def _f(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
 def table(res: dict) -> str:
     """Markdown tables of everything measured."""
     lines: list[str] = []
@@ -85,7 +89,7 @@ def table(res: dict) -> str:
                   f"{_f(r.get('engine_cpu_ms_per_image'))} | "
                   f"{_f(r.get('overhead_cpu_ms_per_image'))} | "
                   f"{_f(r.get('ceiling_images_per_s'))} | "
-                  f"{_f(100 * r['ceiling_fraction'] if 'ceiling_fraction' in r else None, 0)}% |"
+                  f"{_pct(r.get('ceiling_fraction'))} |"
                   for r in res["service"]]  # fmt: skip
         lines.append("")
     if res.get("naive"):
@@ -120,10 +124,9 @@ def table(res: dict) -> str:
                                         "raw_vs_naive")]  # fmt: skip
             over = s.get("overhead_cpu_ms_per_image_at_4_clients")
             frac = s.get("ceiling_fraction_at_4_clients")
-            pct = None if frac is None else 100 * frac
             lines.append(f"| {key} | " + " | ".join("-" if c is None else f"{c:.2f}x"
                                                     for c in cells)
-                         + f" | {_f(over)} | {_f(pct, 0)}% |")  # fmt: skip
+                         + f" | {_f(over)} | {_pct(frac)} |")  # fmt: skip
         lines.append("")
     if res.get("similar"):
         lines += ["Similarity search, `GET /gallery/{id}/similar?k=10` (int8 model):", "",
