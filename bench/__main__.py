@@ -55,9 +55,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--archs",
         nargs="+",
         choices=models.ARCHS,
-        default=["bn"],
-        help="network variants to measure, each its own bench model (default: bn; the "
-        "first one also serves the naive baseline and /similar)",
+        default=list(models.ARCHS),
+        help="network variants to measure, each its own bench model (default: bn paper; "
+        "the first one also serves the naive baseline and /similar)",
     )
     p.add_argument("--precisions", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 2, 4, 8, 16])
@@ -224,6 +224,7 @@ def cpu_per_image(counted: dict, images: int, decode_cpu_ms: float) -> dict:
     process, engine = (1000 * counted[k] / max(images, 1) for k in ("process", "engine"))
     return {"process_cpu_ms_per_image": process, "engine_cpu_ms_per_image": engine,
             "overhead_cpu_ms_per_image": process - engine,
+            "batch_mean": counted["batched"] / max(counted["calls"], 1),
             "ceiling_images_per_s": 1000 * cores() / (decode_cpu_ms + engine)}  # fmt: skip
 
 

@@ -48,6 +48,11 @@ def _summary(arch: str, precision: str, engine: list, service: list, naive: dict
         if four and "overhead_cpu_ms_per_image" in four:
             s["overhead_cpu_ms_per_image_at_4_clients"] = four["overhead_cpu_ms_per_image"]
             s["ceiling_fraction_at_4_clients"] = four["ceiling_fraction"]
+            cheapest = min((r["cpu_ms_per_image"] for r in engine if "cpu_ms_per_image" in r),
+                           default=None)  # fmt: skip
+            if cheapest:
+                # what service / raw would be where both are CPU-bound on the same cores
+                s["raw_vs_service_cpu_at_4_clients"] = cheapest / four["process_cpu_ms_per_image"]
         if s:
             out[f"{mine['arch']} {precision} {size}"] = s
     return out
@@ -80,12 +85,13 @@ def table(res: dict) -> str:
                   "the process, its onnxruntime session, the rest (the service's own work); "
                   "ceiling = cores / (decode + session CPU-s per image):", "",
                   "| arch | precision | photo | clients | images/s | p50 ms | p95 ms | p99 ms | "
-                  "errors | process CPU-ms | session CPU-ms | service CPU-ms | ceiling img/s | "
-                  "of ceiling |",
-                  "|" + " --- |" * 14]  # fmt: skip
+                  "errors | images per engine call | process CPU-ms | session CPU-ms | "
+                  "service CPU-ms | ceiling img/s | of ceiling |",
+                  "|" + " --- |" * 15]  # fmt: skip
         lines += [f"| {r.get('arch', 'bn')} | {r['precision']} | {r['size']} | {r['clients']} | "
                   f"{_f(r['images_per_s'])} | {_f(r['p50_ms'])} | {_f(r['p95_ms'])} | "
-                  f"{_f(r['p99_ms'])} | {r['errors']} | {_f(r.get('process_cpu_ms_per_image'))} | "
+                  f"{_f(r['p99_ms'])} | {r['errors']} | {_f(r.get('batch_mean'), 2)} | "
+                  f"{_f(r.get('process_cpu_ms_per_image'))} | "
                   f"{_f(r.get('engine_cpu_ms_per_image'))} | "
                   f"{_f(r.get('overhead_cpu_ms_per_image'))} | "
                   f"{_f(r.get('ceiling_images_per_s'))} | "
@@ -116,12 +122,14 @@ def table(res: dict) -> str:
         lines += ["Ratios (and the service's own CPU per image at 4 clients):", "",
                   "| arch, precision, photo | service / raw engine best (>= 4 clients) | "
                   "at 4 clients | idle p50 / one raw call | service / naive | raw / naive | "
+                  "CPU-bound service / raw (raw CPU-ms / service process CPU-ms, 4 clients) | "
                   "service CPU-ms at 4 clients | of ceiling at 4 clients |",
-                  "|" + " --- |" * 8]  # fmt: skip
+                  "|" + " --- |" * 9]  # fmt: skip
         for key, s in res["summary"].items():
-            cells = [s.get(k) for k in ("service_vs_raw_throughput", "service_vs_raw_at_4_clients",
-                                        "idle_p50_vs_raw_call", "service_vs_naive",
-                                        "raw_vs_naive")]  # fmt: skip
+            keys = ("service_vs_raw_throughput", "service_vs_raw_at_4_clients",
+                    "idle_p50_vs_raw_call", "service_vs_naive", "raw_vs_naive",
+                    "raw_vs_service_cpu_at_4_clients")  # fmt: skip
+            cells = [s.get(k) for k in keys]
             over = s.get("overhead_cpu_ms_per_image_at_4_clients")
             frac = s.get("ceiling_fraction_at_4_clients")
             lines.append(f"| {key} | " + " | ".join("-" if c is None else f"{c:.2f}x"

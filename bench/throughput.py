@@ -169,10 +169,14 @@ def load(url: str, path: str, jpegs: list[bytes], clients: int, requests: int,
 
 def server_cpu(url: str) -> dict[str, float]:
     """The server's CPU seconds from its /metrics: the whole process's, and its onnxruntime
-    session's (`alexnet_engine_cpu_seconds_total`, counted by the engine itself)."""
+    session's (`alexnet_engine_cpu_seconds_total`, counted by the engine itself); and its
+    engine calls and the images in them."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    wanted = {"process_cpu_seconds_total": "process", "alexnet_engine_cpu_seconds_total": "engine"}
+    wanted = {"process_cpu_seconds_total": "process",
+              "alexnet_engine_cpu_seconds_total": "engine",
+              "alexnet_batch_images_count": "calls",
+              "alexnet_batch_images_sum": "batched"}  # fmt: skip
     out = {}
     for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=60).text):
         for sample in family.samples:
