@@ -3,10 +3,13 @@
     python -m bench                                  # everything, galleries of 10k and 100k
     python -m bench --only similar --sizes 1000000   # `make bench-1m`
     python -m bench --only engine service naive decode --precisions int8
+    python -m bench --only engine service decode --archs bn paper --clients 4 --requests 24
 
 Everything runs in one process tree on this machine, one part after the other, so the
-ratios between them hold on a noisy host. Writes OUT/bench.json and OUT/bench.png and
-prints a table. The model is made by the bench itself (see bench/models.py).
+ratios between them hold on a noisy host; the CPU time per image (the service's process
+minus its onnxruntime session, as the server counts it) holds even on a busy one. Writes
+OUT/bench.json and OUT/bench.png and prints a table. The models are made by the bench
+itself (see bench/models.py).
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--only", nargs="+", choices=PARTS, default=list(PARTS), help="parts to run (default: all)"
     )
+    p.add_argument(
+        "--archs",
+        nargs="+",
+        choices=models.ARCHS,
+        default=list(models.ARCHS),
+        help="network variants to measure, each its own bench model (default: bn paper; "
+        "the first one also serves the naive baseline and /similar)",
+    )
     p.add_argument("--precisions", nargs="+", choices=["fp32", "int8"], default=["fp32", "int8"])
     p.add_argument("--batches", nargs="+", type=int, default=[1, 2, 4, 8, 16])
     p.add_argument("--clients", nargs="+", type=int, default=[1, 4, 16])
@@ -81,6 +92,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=2, help="onnxruntime / torch threads")
     p.add_argument(
+        "--spinning",
+        choices=["on", "off"],
+        default="off",
+        help="onnxruntime's intra-op spinning, for the raw engine and the served model alike "
+        "(ALEXNET_SPINNING; default: off, the service's default)",
+    )
+    p.add_argument(
         "--min-seconds",
         type=float,
         default=4.0,
@@ -96,12 +114,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     return p  # fmt: skip
 
 
+def cores() -> int:
+    """CPUs this process may run on (a container's or taskset's limit, not the host's)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())  # fmt: skip
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"cpu": cpu, "cpus": os.cpu_count(), "memory_gib": round(mem, 1),
+    return {"cpu": cpu, "cpus": os.cpu_count(), "usable_cpus": cores(), "memory_gib": round(mem, 1),
             "load_avg_at_start": os.getloadavg(), "python": platform.python_version(),
             "gpu": "none"}  # fmt: skip
 
@@ -116,37 +139,42 @@ def main(args: argparse.Namespace) -> dict:
         results["loader"] = loader.run(args.work / "loader", threads=args.threads)
     if not MODEL_PARTS & set(args.only) and "decode" not in args.only:
         return finish(args, results)
-    store = models.build(args.work) if MODEL_PARTS & set(args.only) else None
-    model = f"{models.NAME}:1"
-    if store is not None:
-        results["int8_agreement"] = models.int8_agreement(store)
+    needs_model = MODEL_PARTS & set(args.only)
+    store = None
+    for arch in args.archs if needs_model else []:
+        store = models.build(args.work, arch)
+        results.setdefault("int8_agreement", {})[arch] = models.int8_agreement(store, arch)
     jpegs = {size: photos.photo_jpegs(size, count=8 if size == "500x375" else 3)
              for size in photos.SIZES}  # fmt: skip
     results["jpeg_bytes"] = {s: int(np.mean([len(j) for j in js])) for s, js in jpegs.items()}
     pixels = np.stack([load_256(j) for j in jpegs["500x375"]])
 
-    if "decode" in args.only:
+    if "decode" in args.only or "service" in args.only:  # the service's ceiling needs it
         log.info("decode")
         results["decode"] = {s: throughput.decode_times(js, repeats=10 if s == "500x375" else 4)
                              for s, js in jpegs.items()}  # fmt: skip
     results["engine"], results["service"] = [], []
-    for precision in args.precisions:  # the engine, then the service, per precision
-        if "engine" in args.only:
-            log.info("raw engine, %s", precision)
-            results["engine"] += throughput.engine(
-                store, model, precision, pixels, args.batches, args.threads, args.min_seconds
-            )
-        if "service" in args.only:
-            results["service"] += service(args, store, precision, jpegs)
+    for arch in args.archs if needs_model else []:
+        model = f"{models.name_of(arch)}:1"
+        for precision in args.precisions:  # the engine, then the service, per precision
+            if "engine" in args.only:
+                log.info("raw engine, %s %s", arch, precision)
+                rows = throughput.engine(store, model, precision, pixels, args.batches,
+                                         args.threads, args.min_seconds,
+                                         spinning=args.spinning == "on")  # fmt: skip
+                results["engine"] += [{"arch": arch, **r} for r in rows]
+            if "service" in args.only:
+                results["service"] += service(args, store, arch, precision, jpegs,
+                                              results["decode"])  # fmt: skip
     if "naive" in args.only:
         results["naive"] = {}
         for size, js in jpegs.items():
             log.info("naive baseline, %s", size)
-            results["naive"][size] = throughput.naive(
-                args.work / "run" / "checkpoint.pt", js, repeats=2, threads=args.threads
-            )
+            row = throughput.naive(models.run_dir(args.work, args.archs[0]) / "checkpoint.pt",
+                                   js, repeats=2, threads=args.threads)  # fmt: skip
+            results["naive"][size] = {"arch": args.archs[0], **row}
     if "similar" in args.only:
-        results["similar"] = similar(args, store, model)
+        results["similar"] = similar(args, store, f"{models.name_of(args.archs[0])}:1")
     return finish(args, results)
 
 
@@ -161,9 +189,13 @@ def finish(args: argparse.Namespace, results: dict) -> dict:
     return results
 
 
-def service(args: argparse.Namespace, store: Path, precision: str, jpegs: dict) -> list[dict]:
-    """POST /predict with 1, 4, 16 concurrent clients, one JPEG per request."""
-    env = {"precision": precision, "threads": str(args.threads), "device": "cpu"}
+def service(args: argparse.Namespace, store: Path, arch: str, precision: str, jpegs: dict,
+            decode: dict) -> list[dict]:  # fmt: skip
+    """POST /predict with 1, 4, 16 concurrent clients, one JPEG per request, and the server's
+    CPU time per image: its process's, its onnxruntime session's, and the rest (the
+    service's own work); the ceiling those CPU times allow on this machine's cores."""
+    env = {"precision": precision, "threads": str(args.threads), "device": "cpu",
+           "model": models.name_of(arch), "spinning": args.spinning}  # fmt: skip
     if args.max_wait_ms is not None:
         env["max_wait_ms"] = str(args.max_wait_ms)
     gallery = args.work / "gallery-empty"
@@ -175,11 +207,25 @@ def service(args: argparse.Namespace, store: Path, precision: str, jpegs: dict) 
         url = server.url
         for size, js in jpegs.items():
             for clients in args.clients:
-                log.info("service, %s, %s, %d clients", precision, size, clients)
+                log.info("service, %s %s, %s, %d clients", arch, precision, size, clients)
                 n = args.requests * (2 if clients >= 16 else 1)
-                row = throughput.load(url, "/predict", js, clients, n)
-                rows.append({"precision": precision, "size": size, **row})
+                row = throughput.load(url, "/predict", js, clients, n,
+                                      counters=lambda: throughput.server_cpu(url))  # fmt: skip
+                row.update(cpu_per_image(row.pop("counted"), row["n"], decode[size]["cpu_ms_mean"]))
+                row["ceiling_fraction"] = row["images_per_s"] / row["ceiling_images_per_s"]
+                rows.append({"arch": arch, "precision": precision, "size": size, **row})
     return rows
+
+
+def cpu_per_image(counted: dict, images: int, decode_cpu_ms: float) -> dict:
+    """CPU-ms per image of the server (process), of its session (engine) and of the rest
+    (overhead); the ceiling img/s = cores / (decode + engine CPU-s per image), what these
+    cores could do if the service cost nothing but decoding and the session."""
+    process, engine = (1000 * counted[k] / max(images, 1) for k in ("process", "engine"))
+    return {"process_cpu_ms_per_image": process, "engine_cpu_ms_per_image": engine,
+            "overhead_cpu_ms_per_image": process - engine,
+            "batch_mean": counted["batched"] / max(counted["calls"], 1),
+            "ceiling_images_per_s": 1000 * cores() / (decode_cpu_ms + engine)}  # fmt: skip
 
 
 def similar(args: argparse.Namespace, store: Path, model: str) -> list[dict]:

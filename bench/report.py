@@ -5,40 +5,65 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _best(rows: list[dict], **match: object) -> dict | None:
-    rows = [r for r in rows if all(r.get(k) == v for k, v in match.items())]
+def _best(rows: list[dict]) -> dict | None:
     return max(rows, key=lambda r: r["images_per_s"]) if rows else None
 
 
 def summary(res: dict) -> dict:
-    """Ratios the targets are stated in, per precision and photo size."""
+    """Ratios the targets are stated in, and the service's CPU per image at 4 clients, per
+    variant, precision and photo size."""
     out: dict = {}
     engine, service, naive = res.get("engine", []), res.get("service", []), res.get("naive", {})
-    for precision in ("fp32", "int8"):
-        raw = _best(engine, precision=precision)
-        b1 = next((r for r in engine if r["precision"] == precision and r["batch"] == 1), None)
-        for size in ("500x375", "4000x3000"):
-            s = {}
-            loaded = [r for r in service if r["precision"] == precision and r["size"] == size
-                      and r["clients"] >= 4]  # fmt: skip
-            idle = next((r for r in service if r["precision"] == precision and r["size"] == size
-                         and r["clients"] == 1), None)  # fmt: skip
-            best = max(loaded, key=lambda r: r["images_per_s"]) if loaded else None
-            if raw and best:
-                s["service_vs_raw_throughput"] = best["images_per_s"] / raw["images_per_s"]
-            if b1 and idle:
-                s["idle_p50_vs_raw_call"] = idle["p50_ms"] / b1["call_ms_p50"]
-            if best and size in naive:
-                s["service_vs_naive"] = best["images_per_s"] / naive[size]["images_per_s"]
-            if raw and size in naive:
-                s["raw_vs_naive"] = raw["images_per_s"] / naive[size]["images_per_s"]
-            if s:
-                out[f"{precision} {size}"] = s
+    archs = dict.fromkeys(r.get("arch", "bn") for r in [*engine, *service])
+    for arch in archs:
+        for precision in ("fp32", "int8"):
+            out.update(_summary(arch, precision, engine, service, naive))
+    return out
+
+
+def _summary(arch: str, precision: str, engine: list, service: list, naive: dict) -> dict:
+    out: dict = {}
+    mine = {"arch": arch, "precision": precision}
+    engine = [r for r in engine if r.get("arch", "bn") == arch and r["precision"] == precision]
+    service = [r for r in service if r.get("arch", "bn") == arch and r["precision"] == precision]
+    raw = _best(engine)
+    b1 = next((r for r in engine if r["batch"] == 1), None)
+    for size in ("500x375", "4000x3000"):
+        s = {}
+        loaded = [r for r in service if r["size"] == size and r["clients"] >= 4]
+        idle = next((r for r in service if r["size"] == size and r["clients"] == 1), None)
+        four = next((r for r in service if r["size"] == size and r["clients"] == 4), None)
+        best = max(loaded, key=lambda r: r["images_per_s"]) if loaded else None
+        if raw and best:
+            s["service_vs_raw_throughput"] = best["images_per_s"] / raw["images_per_s"]
+        if raw and four:
+            s["service_vs_raw_at_4_clients"] = four["images_per_s"] / raw["images_per_s"]
+        if b1 and idle:
+            s["idle_p50_vs_raw_call"] = idle["p50_ms"] / b1["call_ms_p50"]
+        same = naive.get(size) if naive.get(size, {}).get("arch", "bn") == arch else None
+        if best and same:
+            s["service_vs_naive"] = best["images_per_s"] / same["images_per_s"]
+        if raw and same:
+            s["raw_vs_naive"] = raw["images_per_s"] / same["images_per_s"]
+        if four and "overhead_cpu_ms_per_image" in four:
+            s["overhead_cpu_ms_per_image_at_4_clients"] = four["overhead_cpu_ms_per_image"]
+            s["ceiling_fraction_at_4_clients"] = four["ceiling_fraction"]
+            cheapest = min((r["cpu_ms_per_image"] for r in engine if "cpu_ms_per_image" in r),
+                           default=None)  # fmt: skip
+            if cheapest:
+                # what service / raw would be where both are CPU-bound on the same cores
+                s["raw_vs_service_cpu_at_4_clients"] = cheapest / four["process_cpu_ms_per_image"]
+        if s:
+            out[f"{mine['arch']} {precision} {size}"] = s
     return out
 
 
 def _f(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
 
 
 def table(res: dict) -> str:
@@ -48,18 +73,29 @@ def table(res: dict) -> str:
         lines += [
             "Raw engine (onnxruntime, ten crops in the graph, 256x256 uint8 input):",
             "",
-            "| precision | batch | images/s | ms per call (p50) |",
-            "| --- | --- | --- | --- |",
+            "| arch | precision | batch | images/s | ms per call (p50) | CPU-ms per image |",
+            "| --- | --- | --- | --- | --- | --- |",
         ]
-        lines += [f"| {r['precision']} | {r['batch']} | {_f(r['images_per_s'])} | "
-                  f"{_f(r['call_ms_p50'])} |" for r in res["engine"]]  # fmt: skip
+        lines += [f"| {r.get('arch', 'bn')} | {r['precision']} | {r['batch']} | "
+                  f"{_f(r['images_per_s'])} | {_f(r['call_ms_p50'])} | "
+                  f"{_f(r.get('cpu_ms_per_image'))} |" for r in res["engine"]]  # fmt: skip
         lines.append("")
     if res.get("service"):
-        lines += ["Service, `POST /predict`, one JPEG per request:", "",
-                  "| precision | photo | clients | images/s | p50 ms | p95 ms | p99 ms | errors |",
-                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-        lines += [f"| {r['precision']} | {r['size']} | {r['clients']} | {_f(r['images_per_s'])} | "
-                  f"{_f(r['p50_ms'])} | {_f(r['p95_ms'])} | {_f(r['p99_ms'])} | {r['errors']} |"
+        lines += ["Service, `POST /predict`, one JPEG per request; server CPU-ms per image: "
+                  "the process, its onnxruntime session, the rest (the service's own work); "
+                  "ceiling = cores / (decode + session CPU-s per image):", "",
+                  "| arch | precision | photo | clients | images/s | p50 ms | p95 ms | p99 ms | "
+                  "errors | images per engine call | process CPU-ms | session CPU-ms | "
+                  "service CPU-ms | ceiling img/s | of ceiling |",
+                  "|" + " --- |" * 15]  # fmt: skip
+        lines += [f"| {r.get('arch', 'bn')} | {r['precision']} | {r['size']} | {r['clients']} | "
+                  f"{_f(r['images_per_s'])} | {_f(r['p50_ms'])} | {_f(r['p95_ms'])} | "
+                  f"{_f(r['p99_ms'])} | {r['errors']} | {_f(r.get('batch_mean'), 2)} | "
+                  f"{_f(r.get('process_cpu_ms_per_image'))} | "
+                  f"{_f(r.get('engine_cpu_ms_per_image'))} | "
+                  f"{_f(r.get('overhead_cpu_ms_per_image'))} | "
+                  f"{_f(r.get('ceiling_images_per_s'))} | "
+                  f"{_pct(r.get('ceiling_fraction'))} |"
                   for r in res["service"]]  # fmt: skip
         lines.append("")
     if res.get("naive"):
@@ -76,21 +112,29 @@ def table(res: dict) -> str:
         lines += [
             "Decode (JPEG draft mode) + resize to 256x256:",
             "",
-            "| photo | p50 ms | p95 ms |",
-            "| --- | --- | --- |",
+            "| photo | p50 ms | p95 ms | CPU-ms (mean) |",
+            "| --- | --- | --- | --- |",
         ]
-        lines += [f"| {s} | {_f(r['p50_ms'])} | {_f(r['p95_ms'])} |"
+        lines += [f"| {s} | {_f(r['p50_ms'])} | {_f(r['p95_ms'])} | {_f(r.get('cpu_ms_mean'))} |"
                   for s, r in res["decode"].items()]  # fmt: skip
         lines.append("")
     if res.get("summary"):
-        lines += ["Ratios:", "", "| precision, photo | service / raw engine best (>= 4 clients) | "
-                  "idle p50 / one raw call | service / naive | raw / naive |",
-                  "| --- | --- | --- | --- | --- |"]  # fmt: skip
+        lines += ["Ratios (and the service's own CPU per image at 4 clients):", "",
+                  "| arch, precision, photo | service / raw engine best (>= 4 clients) | "
+                  "at 4 clients | idle p50 / one raw call | service / naive | raw / naive | "
+                  "CPU-bound service / raw (raw CPU-ms / service process CPU-ms, 4 clients) | "
+                  "service CPU-ms at 4 clients | of ceiling at 4 clients |",
+                  "|" + " --- |" * 9]  # fmt: skip
         for key, s in res["summary"].items():
-            cells = [s.get(k) for k in ("service_vs_raw_throughput", "idle_p50_vs_raw_call",
-                                        "service_vs_naive", "raw_vs_naive")]  # fmt: skip
+            keys = ("service_vs_raw_throughput", "service_vs_raw_at_4_clients",
+                    "idle_p50_vs_raw_call", "service_vs_naive", "raw_vs_naive",
+                    "raw_vs_service_cpu_at_4_clients")  # fmt: skip
+            cells = [s.get(k) for k in keys]
+            over = s.get("overhead_cpu_ms_per_image_at_4_clients")
+            frac = s.get("ceiling_fraction_at_4_clients")
             lines.append(f"| {key} | " + " | ".join("-" if c is None else f"{c:.2f}x"
-                                                    for c in cells) + " |")  # fmt: skip
+                                                    for c in cells)
+                         + f" | {_f(over)} | {_pct(frac)} |")  # fmt: skip
         lines.append("")
     if res.get("similar"):
         lines += ["Similarity search, `GET /gallery/{id}/similar?k=10` (int8 model):", "",
@@ -112,9 +156,11 @@ def table(res: dict) -> str:
         from bench.loader import table as loader_table
 
         lines += loader_table(res["loader"])
-    if res.get("int8_agreement"):
-        a = res["int8_agreement"]
-        lines.append(f"int8 vs fp32 on held-out images: top-1 agreement "
+    agreement = res.get("int8_agreement") or {}
+    if "top1_agreement" in agreement:  # an older bench.json: the bn model's alone
+        agreement = {"bn": agreement}
+    for arch, a in agreement.items():
+        lines.append(f"{arch}: int8 vs fp32 on held-out images: top-1 agreement "
                      f"{a.get('top1_agreement', float('nan')):.1%}, top-5 overlap "
                      f"{a.get('top5_overlap', float('nan')):.1%}")  # fmt: skip
     return "\n".join(lines)
@@ -139,18 +185,13 @@ def plot(res: dict, path: Path) -> None:
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         return
-    for precision, colour in (("fp32", "tab:blue"), ("int8", "tab:orange")):
-        rows = [r for r in res.get("engine", []) if r["precision"] == precision]
-        if rows:
-            ax1.plot([r["batch"] for r in rows], [r["images_per_s"] for r in rows], "o-",
-                     color=colour, label=f"raw engine {precision} (x: batch)")  # fmt: skip
-        for size, style in (("500x375", "s--"), ("4000x3000", "^:")):
-            rows = [r for r in res.get("service", [])
-                    if r["precision"] == precision and r["size"] == size]  # fmt: skip
-            if rows:
-                label = f"service {precision} {size} (x: clients)"
-                ax1.plot([r["clients"] for r in rows], [r["images_per_s"] for r in rows], style,
-                         color=colour, label=label)  # fmt: skip
+    archs = list(dict.fromkeys(r.get("arch", "bn") for r in
+                               [*res.get("engine", []), *res.get("service", [])]))  # fmt: skip
+    colours = {("bn", "fp32"): "tab:blue", ("bn", "int8"): "tab:orange",
+               ("paper", "fp32"): "tab:green", ("paper", "int8"): "tab:red"}  # fmt: skip
+    for arch in archs:
+        for precision in ("fp32", "int8"):
+            _plot_arch(ax1, res, arch, precision, colours.get((arch, precision), "black"))
     for size, r in res.get("naive", {}).items():
         ax1.axhline(r["images_per_s"], color="gray", ls="-." if size == "500x375" else ":",
                     label=f"naive PyTorch {size}")  # fmt: skip
@@ -163,6 +204,22 @@ def plot(res: dict, path: Path) -> None:
         _plot_similar(ax2, sims)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def _plot_arch(ax, res: dict, arch: str, precision: str, colour: str) -> None:
+    def mine(r: dict) -> bool:
+        return r.get("arch", "bn") == arch and r["precision"] == precision
+
+    rows = [r for r in res.get("engine", []) if mine(r)]
+    if rows:
+        ax.plot([r["batch"] for r in rows], [r["images_per_s"] for r in rows], "o-",
+                color=colour, label=f"raw engine {arch} {precision} (x: batch)")  # fmt: skip
+    for size, style in (("500x375", "s--"), ("4000x3000", "^:")):
+        rows = [r for r in res.get("service", []) if mine(r) and r["size"] == size]
+        if rows:
+            label = f"service {arch} {precision} {size} (x: clients)"
+            ax.plot([r["clients"] for r in rows], [r["images_per_s"] for r in rows], style,
+                    color=colour, label=label)  # fmt: skip
 
 
 def _plot_similar(ax, sims: list[dict]) -> None:

@@ -1,11 +1,13 @@
 """Images/s and latencies: the raw onnxruntime session, the service over HTTP, the naive
-per-request PyTorch baseline, and JPEG decoding."""
+per-request PyTorch baseline, and JPEG decoding; and the CPU time each of them costs per
+image, which, unlike images/s, hardly depends on what else the machine is doing."""
 
 from __future__ import annotations
 
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -31,37 +33,43 @@ def percentiles(seconds: list[float]) -> dict:
 
 def engine(
     store: Path, model: str, precision: str, images: np.ndarray, batches: list[int],
-    threads: int, min_seconds: float,
+    threads: int, min_seconds: float, spinning: bool | None = None,
 ) -> list[dict]:  # fmt: skip
-    """Images/s of direct `session.run` calls at each batch size (after one warm-up call)."""
-    loaded = load_model(store, model, precision=precision, device="cpu", threads=threads)
+    """Images/s of direct `session.run` calls at each batch size (after one warm-up call), and
+    the process CPU time per image they cost (this process does nothing else meanwhile)."""
+    loaded = load_model(store, model, precision=precision, device="cpu", threads=threads,
+                        spinning=spinning)  # fmt: skip
     out = []
     for batch in batches:
         x = np.stack([images[i % len(images)] for i in range(batch)])
         loaded.session.run(None, {"images": x})
         times: list[float] = []
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         while len(times) < 3 or time.perf_counter() - start < min_seconds:
             t = time.perf_counter()
             loaded.session.run(None, {"images": x})
             times.append(time.perf_counter() - t)
+        cpu = time.process_time() - cpu
         out.append({
             "precision": precision, "batch": batch, "calls": len(times),
             "images_per_s": batch * len(times) / sum(times),
             "call_ms_p50": 1000 * statistics.median(times),
+            "cpu_ms_per_image": 1000 * cpu / (batch * len(times)),
         })  # fmt: skip
     return out
 
 
 def decode_times(jpegs: list[bytes], repeats: int) -> dict:
-    """Decode (draft mode) + resize to 256x256 of each JPEG, as the service does."""
-    times = []
+    """Decode (draft mode) + resize to 256x256 of each JPEG, as the service does: wall-clock
+    percentiles and the mean CPU time of this thread per image."""
+    times, cpu = [], time.thread_time()
     for _ in range(repeats):
         for data in jpegs:
             t = time.perf_counter()
             decode(data, max_bytes=BIG, max_pixels=BIG)
             times.append(time.perf_counter() - t)
-    return percentiles(times)
+    cpu = time.thread_time() - cpu
+    return {**percentiles(times), "cpu_ms_mean": 1000 * cpu / len(times)}
 
 
 def naive(checkpoint: Path, jpegs: list[bytes], repeats: int, threads: int) -> dict:
@@ -106,9 +114,13 @@ def naive(checkpoint: Path, jpegs: list[bytes], repeats: int, threads: int) -> d
 
 
 def load(url: str, path: str, jpegs: list[bytes], clients: int, requests: int,
-         warmup: int = 2, ok: int = 200) -> dict:  # fmt: skip
+         warmup: int = 2, ok: int = 200,
+         counters: Callable[[], dict[str, float]] | None = None) -> dict:  # fmt: skip
     """`clients` threads, each posting one JPEG per request to `path` until `requests`
-    requests are done in all; images/s and latency percentiles of the answers `ok`."""
+    requests are done in all; images/s and latency percentiles of the answers `ok`.
+
+    `counters` (e.g. the server's CPU seconds) is read once every client has warmed up and
+    again when the last answer is in; their increases are returned as `counted`."""
     lock = threading.Lock()
     state = {"left": requests, "errors": 0}
     latencies: list[float] = []
@@ -117,6 +129,7 @@ def load(url: str, path: str, jpegs: list[bytes], clients: int, requests: int,
         with httpx.Client(base_url=url, timeout=600) as client:
             for i in range(warmup):
                 client.post(path, files={"image": ("a.jpg", jpegs[(n + i) % len(jpegs)])})
+            warmed.wait()
             barrier.wait()
             i = n
             while True:
@@ -135,14 +148,40 @@ def load(url: str, path: str, jpegs: list[bytes], clients: int, requests: int,
                     else:
                         state["errors"] += 1
 
-    barrier = threading.Barrier(clients + 1)
+    warmed, barrier = threading.Barrier(clients + 1), threading.Barrier(clients + 1)
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(clients)]
     for t in threads:
         t.start()
+    warmed.wait()
+    before = counters() if counters else {}
     barrier.wait()
     start = time.perf_counter()
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    return {"clients": clients, "images_per_s": len(latencies) / wall,
-            "errors": state["errors"], **percentiles(latencies)}  # fmt: skip
+    row = {"clients": clients, "images_per_s": len(latencies) / wall,
+           "errors": state["errors"], **percentiles(latencies)}  # fmt: skip
+    if counters:
+        after = counters()
+        row["counted"] = {k: after[k] - before[k] for k in before}
+    return row
+
+
+def server_cpu(url: str) -> dict[str, float]:
+    """The server's CPU seconds from its /metrics: the whole process's, and its onnxruntime
+    session's (`alexnet_engine_cpu_seconds_total`, counted by the engine itself); and its
+    engine calls and the images in them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    wanted = {"process_cpu_seconds_total": "process",
+              "alexnet_engine_cpu_seconds_total": "engine",
+              "alexnet_batch_images_count": "calls",
+              "alexnet_batch_images_sum": "batched"}  # fmt: skip
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=60).text):
+        for sample in family.samples:
+            if sample.name in wanted:
+                out[wanted[sample.name]] = sample.value
+    if len(out) != len(wanted):
+        raise RuntimeError(f"the server's /metrics lacks {set(wanted.values()) - set(out)}")
+    return out

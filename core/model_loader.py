@@ -24,6 +24,7 @@ import onnxruntime as ort
 from core import constants as C
 from core import store
 from core.gpu import cuda_gpus
+from core.thread_cpu import started_threads
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ class LoadedModel:
     precision: str
     session: ort.InferenceSession
     provider: str  # the provider the session actually runs on
+    # kernel ids of the threads onnxruntime started for this session (its intra-op pool),
+    # so the service can count the session's CPU time (`core.thread_cpu`)
+    pool_threads: tuple[int, ...] = ()
 
     @property
     def id(self) -> str:
@@ -56,12 +60,18 @@ class LoadedModel:
         }
 
 
-def session_options(threads: int | None) -> ort.SessionOptions:
+def session_options(threads: int | None, spinning: bool | None = None) -> ort.SessionOptions:
+    """Full graph optimization; `threads` intra-op threads; `spinning`: whether those threads
+    busy-wait for work between and within calls (None: onnxruntime's default, on)."""
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads:
         # In a container the default pool sizes itself to the host's cores, not the limit.
         options.intra_op_num_threads = threads
+    if spinning is not None:
+        # Spinning saves a wake-up per parallel section, but burns the cores that a server's
+        # other threads (decoding, HTTP) need when there are only a few.
+        options.add_session_config_entry("session.intra_op.allow_spinning", str(int(spinning)))
     return options
 
 
@@ -91,10 +101,12 @@ def _providers(device: str) -> list:
     return [("CUDAExecutionProvider", cuda_options), cpu]
 
 
-def _create(path: Path, device: str, threads: int | None) -> ort.InferenceSession:
+def _create(
+    path: Path, device: str, threads: int | None, spinning: bool | None
+) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(
-            str(path), session_options(threads), providers=_providers(device)
+            str(path), session_options(threads, spinning), providers=_providers(device)
         )
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ModelLoadError(f"onnxruntime cannot load {path}: {e}") from None
@@ -156,6 +168,7 @@ def load_model(
     precision: str = "auto",
     device: str = "auto",
     threads: int | None = None,
+    spinning: bool | None = None,
 ) -> LoadedModel:
     """Resolve 'name[:version]', check the file, create and check the session.
 
@@ -165,6 +178,7 @@ def load_model(
         precision: auto, fp32, fp16 or int8.
         device: auto (CUDA when it really works), cuda or cpu.
         threads: onnxruntime intra-op threads (None: onnxruntime's default).
+        spinning: whether they busy-wait for work (None: onnxruntime's default, yes).
 
     Raises:
         FileNotFoundError: no such model or version.
@@ -185,16 +199,20 @@ def load_model(
     first = "fp32" if precision == "auto" else precision
     if precision == "auto" and device != "cpu" and "fp16" in manifest.files:
         first = "fp16"  # right if CUDA really runs; checked below
-    session = _create(check_file(folder, manifest, first), device, threads)
+    session, pool = started_threads(
+        lambda: _create(check_file(folder, manifest, first), device, threads, spinning)
+    )
     on_cuda = session.get_providers()[0] == "CUDAExecutionProvider"
     chosen = first
     if precision == "auto":
         wanted = "fp16" if on_cuda and "fp16" in manifest.files else (
             "int8" if not on_cuda and "int8" in manifest.files else "fp32")  # fmt: skip
         if wanted != first:
-            session = _create(
-                check_file(folder, manifest, wanted), "cpu" if not on_cuda else device, threads
-            )
+            del session  # its pool threads end with it
+            session, pool = started_threads(lambda: _create(
+                check_file(folder, manifest, wanted), "cpu" if not on_cuda else device, threads,
+                spinning,
+            ))  # fmt: skip
             chosen = wanted
     check_io(session, manifest)
     provider = session.get_providers()[0]
@@ -214,5 +232,10 @@ def load_model(
         provider,
     )
     return LoadedModel(
-        manifest=manifest, folder=folder, precision=chosen, session=session, provider=provider
+        manifest=manifest,
+        folder=folder,
+        precision=chosen,
+        session=session,
+        provider=provider,
+        pool_threads=pool,
     )

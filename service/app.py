@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
-import time
-import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -22,8 +19,7 @@ from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.routing import BaseRoute, Match, Mount, Route, compile_path
-from starlette.types import Scope
+from starlette.routing import compile_path
 
 from core import model_info
 from core.model_loader import LoadedModel
@@ -34,35 +30,17 @@ from service.deps import AppState, NotReadyError
 from service.engine import OverloadedError
 from service.gallery import GalleryModelChangedError, GalleryUnavailableError
 from service.model_switch import ModelSwitcher, open_served_gallery
+from service.observe import ObserveMiddleware
 from service.oip.errors import error_body, is_protocol_path
 from service.resources import load_served_model, start_engine
 from service.routers import gallery, health, models, oip, page, predict
 
 log = logging.getLogger("service")
-REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # a client's X-Request-ID, if it is one
 
 
 GALLERY_RETRY_S = 5.0  # between tries to reach a gallery database at start-up
 # Swagger UI's and ReDoc's scripts and styles, served from the fastapi-offline package (no CDN)
 DOCS_ASSETS = "/docs-assets"
-
-
-def endpoint_label(routes: list[BaseRoute], scope: Scope, arrived: Scope) -> str:
-    """The route template a request matched, the metrics' `endpoint` label: "/gallery/{item_id}",
-    "/docs", "/static/{path}" for a file of a mounted folder, "unmatched" for none.
-
-    FastAPI records the route in the `scope` only for its own API routes; the docs pages and
-    the mounted folders (the app's own routes and mounts, not those of included routers) are
-    found by matching the request as it `arrived` (before a mount changed its root path)
-    against them again. A request answered before routing (a 413 from the body limit) is
-    "unmatched" unless it is for one of those."""
-    route = scope.get("route")
-    if route is None:
-        plain = (r for r in routes if isinstance(r, Route | Mount))
-        route = next((r for r in plain if r.matches(arrived)[0] is Match.FULL), None)
-    if route is None:
-        return "unmatched"
-    return f"{route.path}/{{path}}" if isinstance(route, Mount) else route.path
 
 
 async def open_gallery_when_reachable(state: AppState, loaded: LoadedModel) -> None:
@@ -142,31 +120,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(oip.router)
     app.mount("/static", page.static_files(), name="static")
 
-    # Inside `observe` (added later, so outer), which then counts and logs its 413s.
+    # Inside ObserveMiddleware (added later, so outer), which then counts and logs its 413s.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
 
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        request_id = request.headers.get("x-request-id", "")
-        if not REQUEST_ID_RE.fullmatch(request_id):  # it goes into logs and a header
-            request_id = uuid.uuid4().hex[:16]
-        start = time.perf_counter()
-        arrived = dict(request.scope)
-        response = await call_next(request)
-        endpoint = endpoint_label(app.router.routes, request.scope, arrived)
-        elapsed = time.perf_counter() - start
-        state.metrics.requests.labels(request.method, endpoint, str(response.status_code)).inc()
-        state.metrics.latency.labels(endpoint).observe(elapsed)
-        response.headers["X-Request-ID"] = request_id
-        log.info(
-            "request_id=%s %s %s -> %d in %.1f ms",
-            request_id,
-            request.method,
-            request.url.path,
-            response.status_code,
-            1000 * elapsed,
-        )
-        return response
+    # Outermost of ours: it counts and logs the body limit's 413s too.
+    app.add_middleware(ObserveMiddleware, metrics=state.metrics, routes=app.router.routes)
 
     @app.exception_handler(ImageError)
     async def image_error(_: Request, e: ImageError) -> JSONResponse:

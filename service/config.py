@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     threads: int | None = Field(
         None, ge=1, description="onnxruntime intra-op threads (default: onnxruntime's)"
     )
+    spinning: Literal["on", "off"] = Field(
+        "off",
+        description="whether onnxruntime's intra-op threads busy-wait for work "
+        "(session.intra_op.allow_spinning, on in onnxruntime): on a few cores the spinning "
+        "takes the CPU that decoding and HTTP need, and makes each image cost more CPU",
+    )
     gallery: str = Field(
         "gallery",
         description="gallery: a folder (embedded SQLite + FAISS, one process) or a "

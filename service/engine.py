@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from core.model_loader import LoadedModel
+from core.thread_cpu import CpuMeter
 
 
 class OverloadedError(RuntimeError):
@@ -48,6 +49,9 @@ class Engine:
             requests that arrive while a call runs still share the next call).
         max_queue: images allowed to wait.
         on_batch: called with (images in the batch, seconds of inference) after each call.
+        on_cpu: called after each call with the CPU seconds the session used since the last
+            one: the calling thread's and onnxruntime's intra-op pool's (`core.thread_cpu`),
+            so the service's own CPU is the process's minus this.
     """
 
     def __init__(
@@ -58,10 +62,12 @@ class Engine:
         max_wait_ms: float = 0.0,
         max_queue: int = 64,
         on_batch: Callable[[int, float], None] | None = None,
+        on_cpu: Callable[[float], None] | None = None,
     ) -> None:
         self.loaded = loaded
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
-        self.on_batch = on_batch
+        self.on_batch, self.on_cpu = on_batch, on_cpu
+        self._cpu = CpuMeter(loaded.pool_threads)  # read in the executor's one thread only
         self._pending: deque[_Request] = deque()
         self._queued_images = 0
         self._wakeup: asyncio.Event | None = None
@@ -79,6 +85,11 @@ class Engine:
         """One synchronous session call, no batching (tools and tests use it)."""
         probs, fc7 = self.loaded.session.run(["probs", "fc7"], {"images": images})
         return probs, fc7
+
+    def _run_counted(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+        """`run`, in the executor's thread, and the session's CPU seconds since the last."""
+        probs, fc7 = self.run(images)
+        return probs, fc7, self._cpu.take()
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -151,7 +162,9 @@ class Engine:
             )
             start = time.perf_counter()
             try:
-                probs, fc7 = await loop.run_in_executor(self._executor, self.run, images)
+                probs, fc7, cpu = await loop.run_in_executor(
+                    self._executor, self._run_counted, images
+                )
             except Exception as e:  # noqa: BLE001 - every request gets its answer, even a failure
                 for req in batch:
                     if not req.future.done():
@@ -161,6 +174,8 @@ class Engine:
                 self._queued_images -= len(images)
             if self.on_batch is not None:
                 self.on_batch(len(images), time.perf_counter() - start)
+            if self.on_cpu is not None:
+                self.on_cpu(cpu)
             row = 0
             for req in batch:
                 n = len(req.images)

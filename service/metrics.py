@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+)
 
 
 class Metrics:
@@ -26,6 +33,14 @@ class Metrics:
             "alexnet_inference_seconds", "time of one engine call", registry=r,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
         )  # fmt: skip
+        self.engine_cpu = Counter(
+            "alexnet_engine_cpu_seconds",
+            "CPU time of the onnxruntime session's calls (the calling thread and its intra-op "
+            "threads); process_cpu_seconds_total minus this is the service's own work",
+            registry=r,
+        )
+        # process_cpu_seconds_total, process_resident_memory_bytes, ... (Linux /proc)
+        ProcessCollector(registry=r)
         self.queue_depth = Gauge(
             "alexnet_queue_images", "images waiting for the engine", registry=r
         )

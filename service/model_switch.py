@@ -262,7 +262,7 @@ class ModelSwitcher:
         try:
             loaded = await run_in_threadpool(
                 load_model, s.store, job.model, precision=job.precision, device=s.device,
-                threads=s.threads,
+                threads=s.threads, spinning=s.spinning == "on",
             )  # fmt: skip
             job.model_id = loaded.gallery_binding()["model_id"]
             await run_in_threadpool(check_contract, loaded, gallery.dim)

@@ -19,6 +19,7 @@ def load_served_model(settings: Settings) -> LoadedModel:
         precision=settings.precision,
         device=settings.device,
         threads=settings.threads,
+        spinning=settings.spinning == "on",
     )
 
 
@@ -40,6 +41,7 @@ async def start_engine(loaded: LoadedModel, settings: Settings, metrics: Metrics
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,
         on_batch=metrics.observe_batch,
+        on_cpu=metrics.engine_cpu.inc,
     )
     await engine.start()
     return engine

@@ -178,6 +178,26 @@ def test_health_models_metrics_and_docs(server: str) -> None:
     assert httpx.get(f"{server}/docs").status_code == 200
 
 
+def _sample(text: str, name: str) -> float:
+    return next(
+        float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
+    )
+
+
+def test_metrics_count_the_sessions_cpu_within_the_processs(server: str, sample_images) -> None:
+    """alexnet_engine_cpu_seconds_total grows with each /predict and stays below the whole
+    process's CPU (process_cpu_seconds_total): the difference is the service's own work."""
+    before = httpx.get(f"{server}/metrics").text
+    for _, data in sample_images[:3]:
+        r = httpx.post(f"{server}/predict", files={"image": ("a.jpg", data, "image/jpeg")})
+        assert r.status_code == 200
+    after = httpx.get(f"{server}/metrics").text
+    engine = [_sample(t, "alexnet_engine_cpu_seconds_total") for t in (before, after)]
+    process = [_sample(t, "process_cpu_seconds_total") for t in (before, after)]
+    assert engine[1] > engine[0]
+    assert engine[1] <= process[1] + 0.01  # /proc counts in 10 ms ticks
+
+
 def test_docs_assets_are_served_and_named_in_the_metrics(server: str) -> None:
     """/docs and /redoc load their scripts from this server, and /metrics counts the docs
     pages, the schema and the asset files under their own routes, not as "unmatched"."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +102,24 @@ def test_without_waiting_requests_that_arrive_while_the_engine_runs_share_the_ne
 
     asyncio.run(scenario())
     assert batches == [1, 3]  # no wait at idle; the three later ones batched behind it
+
+
+def test_the_engine_counts_the_sessions_cpu_time(loaded) -> None:
+    """`on_cpu` gets the session's CPU seconds per call (calling thread + onnxruntime's pool):
+    together about what the process spent, as nothing else runs here."""
+    spent: list[float] = []
+
+    async def scenario():
+        engine = Engine(loaded, max_batch=8, on_cpu=spent.append)
+        await engine.start()
+        try:
+            for seed in range(3):
+                await engine.infer(_images(4, seed))
+        finally:
+            await engine.stop()
+
+    process = time.process_time()
+    asyncio.run(scenario())
+    process = time.process_time() - process
+    assert len(spent) == 3 and all(s > 0 for s in spent)
+    assert 0.5 * process < sum(spent) <= process + 0.02, (spent, process)
