@@ -60,6 +60,8 @@ def test_for_onnx_replaces_the_lrns_of_a_copy_only() -> None:
         torch.testing.assert_close(copied(x), model(x), rtol=1e-5, atol=1e-6)
     bn = build_model("bn", 5)
     assert for_onnx(bn) is bn  # nothing to replace, nothing copied
+    members = for_onnx(torch.nn.ModuleList([bn, model]))  # an ensemble's members
+    assert sum(isinstance(m, ChannelWindowLRN) for m in members.modules()) == 2
 
 
 @pytest.fixture(scope="module")
