@@ -10,7 +10,7 @@ and Div. That form is slow in onnxruntime, most of all in the int8 graph:
 - Pow(t, 0.75) on every activation is a scalar powf.
 
 `ChannelWindowLRN` computes the same formula as a 1x1 convolution with a banded weight
-(the window sum over adjacent channels, alpha folded in) followed by elementwise ops,
+(the window sum over adjacent channels; alpha its weight, k its bias) and elementwise ops,
 with t ** 0.75 as sqrt(t) * sqrt(sqrt(t)) when beta is the paper's 0.75. In the int8
 graph that convolution is quantized like the others, so the whole layer stays in
 onnxruntime's NHWC int8 chain. The graph computes the paper's formula; the export checks
@@ -50,9 +50,10 @@ class ChannelWindowLRN(nn.Module):
         super().__init__()
         self.size, self.alpha, self.beta, self.k = lrn.size, lrn.alpha, lrn.beta, lrn.k
         self.register_buffer("weight", window_weight(channels, lrn.size, lrn.alpha))
+        self.register_buffer("bias", torch.full((channels,), float(lrn.k)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = F.conv2d(x * x, self.weight) + self.k  # k + alpha * window sum of squares
+        t = F.conv2d(x * x, self.weight, self.bias)  # k + alpha * window sum of squares
         if self.beta == 0.75:
             root = torch.sqrt(t)
             return x / (root * torch.sqrt(root))  # t ** 0.75
