@@ -16,6 +16,10 @@ normalization and crop size), `fc7` is the first member's. The manifest lists th
 its `arch` joins theirs ("bn+paper"), and its crop_size, normalization and pictures are the
 first member's.
 
+The paper's LRN is exported as `training.onnx_lrn.ChannelWindowLRN` (the same formula
+as a banded 1x1 convolution and elementwise ops, which onnxruntime runs much faster than
+`F.local_response_norm`'s pooling and Pow, above all in the int8 graph).
+
 Before anything is written, onnxruntime runs the file on several inputs and its outputs
 must equal an eager PyTorch reference built on torchvision's `five_crop` + `hflip`
 (member by member, averaged) within `PROBS_ATOL` and `FC7_RTOL`/`FC7_ATOL`; a model that
@@ -45,6 +49,7 @@ from training.ensemble import (
     ten_crop_probs,
 )
 from training.evaluate import error_table, evaluate_checkpoint
+from training.onnx_lrn import for_onnx
 from training.presets import Normalize
 
 log = logging.getLogger(__name__)
@@ -217,8 +222,11 @@ def export_checkpoint(
                  or [f"checkpoint {i + 1}" for i in range(len(ckpts))])  # fmt: skip
     first = ckpts[0]
     ensemble = Ensemble.from_checkpoints(ckpts)
+    exported = for_onnx(
+        ensemble
+    )  # the LRN in ops onnxruntime runs fast; `ensemble` is the reference
     # one checkpoint: the same graph as before ensembles existed
-    graph = TenCropGraph(*ensemble.members()[0]) if len(ckpts) == 1 else EnsembleGraph(ensemble)
+    graph = TenCropGraph(*exported.members()[0]) if len(ckpts) == 1 else EnsembleGraph(exported)
     arch = "+".join(c["arch"] for c in ckpts)
     inputs, outputs = store.contract_io(first["num_classes"])
 
