@@ -46,7 +46,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core import constants as C
 from core import store
-from core.model_loader import LoadedModel, ModelLoadError, load_model
+from core.model_loader import LoadedModel, ModelLoadError
 from core.store import now_iso
 from service.config import Settings
 from service.engine import Engine, OverloadedError
@@ -60,7 +60,7 @@ from service.gallery import (
 )
 from service.gallery import open_gallery as open_location
 from service.reembed import BATCH, embed_stored
-from service.resources import open_gallery, start_engine
+from service.resources import load_served_model, open_gallery, start_engine
 
 if TYPE_CHECKING:
     from service.deps import AppState
@@ -260,10 +260,7 @@ class ModelSwitcher:
         assert old is not None and gallery is not None
         from_sha256 = old.loaded.gallery_binding()["model_sha256"]
         try:
-            loaded = await run_in_threadpool(
-                load_model, s.store, job.model, precision=job.precision, device=s.device,
-                threads=s.threads, spinning=s.spinning == "on",
-            )  # fmt: skip
+            loaded = await run_in_threadpool(load_served_model, s, job.model, job.precision)
             job.model_id = loaded.gallery_binding()["model_id"]
             await run_in_threadpool(check_contract, loaded, gallery.dim)
             binding = loaded.gallery_binding()

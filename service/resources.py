@@ -11,12 +11,16 @@ from service.gallery import open_gallery as open_location
 from service.metrics import Metrics
 
 
-def load_served_model(settings: Settings) -> LoadedModel:
-    """ALEXNET_MODEL (or the store's only model) at the settings' precision and device."""
+def load_served_model(
+    settings: Settings, spec: str | None = None, precision: str | None = None
+) -> LoadedModel:
+    """`spec` (default: ALEXNET_MODEL, or the store's only model) at `precision` (default:
+    the settings'), on the settings' device, threads and spinning; a model switch names
+    the model and precision it loads."""
     return load_model(
         settings.store,
-        model_spec(settings),
-        precision=settings.precision,
+        spec or model_spec(settings),
+        precision=precision or settings.precision,
         device=settings.device,
         threads=settings.threads,
         spinning=settings.spinning == "on",

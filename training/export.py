@@ -222,9 +222,8 @@ def export_checkpoint(
                  or [f"checkpoint {i + 1}" for i in range(len(ckpts))])  # fmt: skip
     first = ckpts[0]
     ensemble = Ensemble.from_checkpoints(ckpts)
-    exported = for_onnx(
-        ensemble
-    )  # the LRN in ops onnxruntime runs fast; `ensemble` is the reference
+    # the LRN in ops onnxruntime runs fast; `ensemble` stays the reference it is checked against
+    exported = for_onnx(ensemble)
     # one checkpoint: the same graph as before ensembles existed
     graph = TenCropGraph(*exported.members()[0]) if len(ckpts) == 1 else EnsembleGraph(exported)
     arch = "+".join(c["arch"] for c in ckpts)

@@ -81,6 +81,10 @@ class TrainConfig:
     no_progress: bool = False  # hide progress bars
 
 
+# torch.cpu.get_capabilities() names of bf16 in hardware: x86's AMX and AVX512-BF16, Arm's BF16
+CPU_BF16_FEATURES = ("amx_bf16", "avx512_bf16", "bf16")
+
+
 def fast_bf16(device: torch.device) -> bool:
     """Whether bf16 autocast speeds training up on `device`: on CUDA, and on CPUs with bf16
     in hardware (AMX or AVX512-BF16 on x86, BF16 on Arm). Elsewhere oneDNN emulates bf16,
@@ -88,7 +92,7 @@ def fast_bf16(device: torch.device) -> bool:
     if device.type == "cuda":
         return True
     caps = torch.cpu.get_capabilities()
-    return device.type == "cpu" and any(caps.get(k) for k in ("amx_bf16", "avx512_bf16", "bf16"))
+    return device.type == "cpu" and any(caps.get(k) for k in CPU_BF16_FEATURES)
 
 
 OPTIMIZERS = ("sgd", "adamw")
