@@ -33,11 +33,11 @@ def percentiles(seconds: list[float]) -> dict:
 
 def engine(
     store: Path, model: str, precision: str, images: np.ndarray, batches: list[int],
-    threads: int, min_seconds: float, spinning: bool | None = None,
+    threads: int, min_seconds: float, spinning: bool | None = None, device: str = "cpu",
 ) -> list[dict]:  # fmt: skip
     """Images/s of direct `session.run` calls at each batch size (after one warm-up call), and
     the process CPU time per image they cost (this process does nothing else meanwhile)."""
-    loaded = load_model(store, model, precision=precision, device="cpu", threads=threads,
+    loaded = load_model(store, model, precision=precision, device=device, threads=threads or None,
                         spinning=spinning)  # fmt: skip
     out = []
     for batch in batches:

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The GPU checklist on a CUDA machine, in two stages that share GPU_WORK (default /tmp/gpu):
+#
+#   bench/gpu_check.sh train   # synth, `alexnet train` (paper, bn; bf16, channels_last),
+#                              # torchrun, the training step alone (bench.gpu train-steps),
+#                              # export + fp16 from the GPU checkpoints, nvJPEG decoding
+#   bench/gpu_check.sh serve   # onnxruntime-gpu on CUDA: the raw engine (fp32, fp16) and
+#                              # `alexnet serve` under load (bench.gpu engine / service)
+#
+# Each step's output goes to GPU_WORK/logs/NAME.log and its time to logs/steps.txt; a failed
+# step is reported and the next one runs. Tables and JSON (bench.gpu) land in GPU_WORK/json;
+# everything is packed into OUT/gpu-STAGE.tgz (OUT default: bench/results-gpu).
+# `serve` expects onnxruntime-gpu and the service's dependencies importable (PYTHONPATH).
+set -u
+stage=${1:?usage: bench/gpu_check.sh train|serve}
+W=${GPU_WORK:-/tmp/gpu}
+R=${OUT:-bench/results-gpu}
+PY=${PYTHON:-python3}
+PER_CLASS=${GPU_PER_CLASS:-300}  # synth images per class (train + val)
+EPOCHS=${GPU_EPOCHS:-4}
+mkdir -p "$W/logs" "$W/json" "$R"
+export PYTHONUNBUFFERED=1 ALEXNET_OFFLINE=1 PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD"
+
+step() {  # step NAME COMMAND...: run it, log it, time it, go on after a failure
+    local name=$1 t0=$SECONDS rc
+    shift
+    echo "== $name: $*"
+    "$@" >"$W/logs/$name.log" 2>&1
+    rc=$?
+    echo "$name rc=$rc $((SECONDS - t0))s" | tee -a "$W/logs/steps.txt"
+    tail -n "${TAIL:-8}" "$W/logs/$name.log"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -lms 500 \
+    >"$W/logs/smi-$stage.csv" &
+smi=$!
+train="$PY -m alexnet train --data $W/data --recipe quickstart --batch-size 128 --no-progress"
+
+if [ "$stage" = train ]; then
+    step versions "$PY" -c "import torch, torchvision; print(torch.__version__,
+torchvision.__version__, torch.cuda.get_device_name(), torch.backends.cudnn.version())"
+    step synth "$PY" -m alexnet synth "$W/data" --classes 10 --per-class "$PER_CLASS" --no-progress
+    step train-paper $train --arch paper --init caffe --epochs "$EPOCHS" --output "$W/run-paper"
+    step train-bn $train --arch bn --epochs "$EPOCHS" --output "$W/run-bn"
+    step torchrun "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 \
+        -m alexnet train --data "$W/data" --recipe quickstart --batch-size 128 --no-progress \
+        --arch bn --epochs 2 --output "$W/run-ddp"
+    step train-steps "$PY" -m bench.gpu train-steps --archs paper bn --batches ${GPU_BATCHES:-128 256 512} \
+        --steps "${GPU_STEPS:-30}" --out "$W/json"
+    step export-bn "$PY" -m alexnet export "$W/run-bn/best.pt" --name gpu-bn \
+        --store "$W/store" --data "$W/data"
+    step fp16-bn "$PY" -m alexnet quantize gpu-bn --store "$W/store" \
+        --calibration "$W/data/val" --precisions fp16 --images 80 --min-agreement 0
+    step decode "$PY" -m bench.gpu decode --batches 1 16 64 256 --out "$W/json"
+    step export-paper "$PY" -m alexnet export "$W/run-paper/best.pt" --name gpu-paper \
+        --store "$W/store" --data "$W/data"
+    step fp16-paper "$PY" -m alexnet quantize gpu-paper --store "$W/store" \
+        --calibration "$W/data/val" --precisions fp16 --images 80 --min-agreement 0
+elif [ "$stage" = serve ]; then
+    step providers "$PY" -c "import onnxruntime as o; print(o.__version__, o.__file__,
+o.get_available_providers())"
+    for arch in bn paper; do
+        step "engine-$arch" "$PY" -m bench.gpu engine --store "$W/store" --model "gpu-$arch:1" \
+            --precisions fp32 fp16 --batches 1 8 32 64 --out "$W/json/$arch"
+    done
+    step service-bn "$PY" -m bench.gpu service --store "$W/store" --model gpu-bn \
+        --precision fp16 --clients 1 4 16 64 --requests 512 --work "$W/serve" --out "$W/json"
+    cp "$W/serve/server.log" "$W/logs/server.log" 2>/dev/null
+else
+    echo "unknown stage $stage (train or serve)" >&2
+    exit 2
+fi
+kill "$smi" 2>/dev/null
+files=(logs json)
+for f in "$W"/run-*/metrics.jsonl "$W"/store/*/*/manifest.json; do
+    [ -e "$f" ] && files+=("${f#"$W"/}")
+done
+tar czf "$R/gpu-$stage.tgz" -C "$W" "${files[@]}"
+cat "$W/logs/steps.txt"
