@@ -11,6 +11,10 @@ Training, each epoch, from (seed, epoch) alone:
   of optimizer steps (DDP would wait forever otherwise). What does not fit is left out
   of that epoch: up to batch-1 images per worker plus the trimmed ranks' surplus, other
   images each epoch since the shards move between ranks and workers.
+- so that those leftovers stay small, only as many workers read as the rank's images fill
+  `MIN_BATCHES_PER_WORKER` batches each; the others yield nothing that epoch. At ImageNet
+  scale every worker reads; on a small set with many workers and a large batch (seen on a
+  GPU: 2,400 images, batch 256, 15 workers gave 1 step an epoch instead of 9) fewer do.
 
 Validation: the shards in order, split the same way over ranks and workers, every image
 exactly once over all ranks, no shuffling, a last partial batch per worker.
@@ -41,6 +45,9 @@ log = logging.getLogger(__name__)
 
 SHUFFLE_BUFFER = 1000  # samples per worker (JPEG: tens of MB; raw: about 200 MB)
 OPEN_SHARDS = 4  # shards a training worker reads at once, so a batch mixes several
+# a training worker reads only if the rank's images give each reader this many batches: the
+# images left out of an epoch (under a batch per reader) stay under 1/8 of them
+MIN_BATCHES_PER_WORKER = 8
 
 
 @dataclass(frozen=True)
@@ -75,11 +82,14 @@ def plan_epoch(
         plans[rank][worker].
     """
     order = list(range(len(counts)))
-    if shuffle:
-        random.Random(f"shards-{seed}-{epoch}").shuffle(order)
-    split = [[order[r::world_size][w::workers] for w in range(workers)] for r in range(world_size)]
     if not shuffle:
+        split = [[order[r::world_size][w::workers] for w in range(workers)]
+                 for r in range(world_size)]  # fmt: skip
         return [[WorkerPlan(tuple(s), None) for s in rank] for rank in split]
+    random.Random(f"shards-{seed}-{epoch}").shuffle(order)
+    readers = reading_workers(sum(counts) // world_size, workers, batch_size)
+    split = [[order[r::world_size][w::readers] if w < readers else [] for w in range(workers)]
+             for r in range(world_size)]  # fmt: skip
     batches = [[sum(counts[i] for i in s) // batch_size for s in rank] for rank in split]
     steps = min(sum(b) for b in batches)
     for rank in batches:  # take the surplus from the fullest workers first
@@ -89,6 +99,12 @@ def plan_epoch(
         [WorkerPlan(tuple(s), b * batch_size) for s, b in zip(shards_, bs, strict=True)]
         for shards_, bs in zip(split, batches, strict=True)
     ]
+
+
+def reading_workers(images: int, workers: int, batch_size: int) -> int:
+    """How many of a rank's `workers` read training shards, for `images` per rank: all of
+    them when each still gets `MIN_BATCHES_PER_WORKER` batches, else fewer (at least one)."""
+    return max(1, min(workers, images // (batch_size * MIN_BATCHES_PER_WORKER)))
 
 
 class ShardStream(IterableDataset):

@@ -42,7 +42,13 @@ from training.data import ImageFolder256, make_loader, pixel_statistics
 from training.evaluate import evaluate, resolve_device
 from training.model import DEFAULT_INIT, build_model
 from training.presets import Normalize, PCALighting, TrainAugment
-from training.shard_loader import ShardLoader, ShardStream, make_shard_loader, read_statistics
+from training.shard_loader import (
+    ShardLoader,
+    ShardStream,
+    make_shard_loader,
+    read_statistics,
+    reading_workers,
+)
 
 log = logging.getLogger("training")
 
@@ -262,12 +268,17 @@ def load_prepared(args: TrainConfig, rank: int, world_size: int, device: torch.d
     steps = len(train_loader)
     if steps == 0:
         raise ValueError(
-            f"{args.data}: {len(prepared.splits['train'].shards)} training shard(s) give no whole "
-            f"batch of {per_rank} to each of {world_size} process(es) x {max(1, args.workers)} "
-            "worker(s); use fewer --workers or processes, a smaller --batch-size, or more shards"
+            f"{args.data}: {prepared.splits['train'].images} training image(s) in "
+            f"{len(prepared.splits['train'].shards)} shard(s) give no whole batch of {per_rank} "
+            f"to each of {world_size} process(es); use fewer processes, a smaller --batch-size, "
+            "or more shards"
         )
-    log.info("prepared set %s (%s, %s): %d batches of %d per process per epoch", args.data,
-             prepared.encoding, shards.dump(prepared), steps, per_rank)  # fmt: skip
+    images = prepared.splits["train"].images
+    readers = reading_workers(images // world_size, max(1, args.workers), per_rank)
+    log.info("prepared set %s (%s, %s): %d batches of %d per process per epoch, read by %d "
+             "worker(s) per process; %d training image(s) left out of each epoch", args.data,
+             prepared.encoding, shards.dump(prepared), steps, per_rank, readers,
+             images - steps * per_rank * world_size)  # fmt: skip
     return train_loader.dataset, val_loader.dataset, train_loader, val_loader
 
 

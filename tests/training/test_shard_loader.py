@@ -200,13 +200,45 @@ def test_resume_on_prepared_data_continues_exactly(prepared_raw: Path, tmp_path:
     check_resume_is_exact(prepared_raw, tmp_path)
 
 
-def test_too_few_shards_for_the_workers_fails_before_training(
+def test_too_few_images_for_a_batch_fails_before_training(
     prepared_raw: Path, tmp_path: Path
 ) -> None:
-    # 8 shards of at most 5 images over 8 workers: no worker fills a batch of 12.
+    # 36 training images, 18 a process: no whole batch of 20 for either of them
     with pytest.raises(ValueError, match="no whole batch"):
-        train(train_args(prepared_raw, tmp_path, "--batch-size", "12", "--workers", "8"))
+        train(train_args(prepared_raw, tmp_path, "--batch-size", "40", "--workers", "8"))
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def steps_and_readers(counts: list[int], world_size: int, workers: int, batch: int):
+    plans = plan_epoch(counts, seed=0, epoch=0, world_size=world_size, workers=workers,
+                       batch_size=batch, shuffle=True)  # fmt: skip
+    steps = {sum(p.quota for p in rank) // batch for rank in plans}
+    readers = {sum(1 for p in rank if p.shards) for rank in plans}
+    assert len(steps) == 1 and len(readers) == 1
+    return steps.pop(), readers.pop()
+
+
+def test_more_workers_than_a_small_set_feeds_still_use_nearly_every_image() -> None:
+    # Seen on a GPU: 2,400 images in 16 shards, batch 256, 15 workers. Each worker yields whole
+    # batches of its own shards, so 14 workers with 150 images gave nothing: 1 step an epoch.
+    steps, readers = steps_and_readers([150] * 16, world_size=1, workers=15, batch=256)
+    assert (steps, readers) == (2400 // 256, 1)
+    steps, readers = steps_and_readers([150] * 16, world_size=1, workers=8, batch=128)
+    assert steps >= 7 / 8 * 2400 / 128 and readers == 2
+    # ImageNet, 1,281,167 images in 1,000-image shards, 8 processes x 8 workers, batch 128 each:
+    # every worker reads, and under 1% of the images are left out of an epoch
+    counts = [1000] * 1281 + [167]
+    steps, readers = steps_and_readers(counts, world_size=8, workers=8, batch=128)
+    assert readers == 8 and sum(counts) - steps * 128 * 8 < 0.01 * sum(counts)
+
+
+def test_a_small_prepared_set_with_many_workers_trains_every_batch(
+    prepared_raw: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="training")
+    train(train_args(prepared_raw, tmp_path, "--batch-size", "6", "--workers", "4"))
+    assert "6 batches of 6 per process per epoch, read by 1 worker(s)" in caplog.text
+    assert "0 training image(s) left out" in caplog.text
 
 
 def test_two_process_ddp_on_prepared_data(prepared_raw: Path, tmp_path: Path) -> None:
