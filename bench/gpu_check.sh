@@ -4,6 +4,7 @@
 #   bench/gpu_check.sh train   # synth, `alexnet train` (paper, bn; bf16, channels_last),
 #                              # torchrun, the training step alone (bench.gpu train-steps),
 #                              # export + fp16 from the GPU checkpoints, nvJPEG decoding
+#   bench/gpu_check.sh loader  # loader or GPU: folders vs JPEG vs raw shards, long epochs
 #   bench/gpu_check.sh serve   # onnxruntime-gpu on CUDA: the raw engine (fp32, fp16) and
 #                              # `alexnet serve` under load (bench.gpu engine / service)
 #
@@ -12,7 +13,7 @@
 # everything is packed into OUT/gpu-STAGE.tgz (OUT default: bench/results-gpu).
 # `serve` expects onnxruntime-gpu and the service's dependencies importable (PYTHONPATH).
 set -u
-stage=${1:?usage: bench/gpu_check.sh train|serve}
+stage=${1:?usage: bench/gpu_check.sh train|loader|serve}
 W=${GPU_WORK:-/tmp/gpu}
 R=${OUT:-bench/results-gpu}
 PY=${PYTHON:-python3}
@@ -57,6 +58,34 @@ torchvision.__version__, torch.cuda.get_device_name(), torch.backends.cudnn.vers
         --store "$W/store" --data "$W/data"
     step fp16-paper "$PY" -m alexnet quantize gpu-paper --store "$W/store" \
         --calibration "$W/data/val" --precisions fp16 --images 80 --min-agreement 0
+elif [ "$stage" = loader ]; then
+    # Loader or GPU? The same images as folders, JPEG shards (decoded on the GPU) and raw
+    # shards, each training image listed COPIES times so that an epoch is long enough to time.
+    step synth "$PY" -m alexnet synth "$W/data" --classes 10 --per-class "$PER_CLASS" --no-progress
+    for split in train val; do
+        for class in "$W/data/$split"/*/; do
+            mkdir -p "$W/big/$split/$(basename "$class")"
+            for k in $(seq "${GPU_COPIES:-8}"); do
+                [ "$split" = val ] && [ "$k" -gt 1 ] && break
+                for f in "$class"*; do ln -s "$f" "$W/big/$split/$(basename "$class")/$k-$(basename "$f")"; done
+            done
+        done
+    done
+    for enc in jpeg raw; do
+        step "prepare-$enc" "$PY" -m alexnet prepare "$W/big" "$W/big-$enc" --encoding "$enc" \
+            --no-progress
+        step "prepare-small-$enc" "$PY" -m alexnet prepare "$W/data" "$W/small-$enc" \
+            --encoding "$enc" --shard-size 150 --no-progress
+    done
+    for data in big big-jpeg big-raw; do
+        step "train-paper-$data" $train --arch paper --init caffe --epochs 2 --data "$W/$data" \
+            --output "$W/run-paper-$data"
+    done
+    step train-bn-big-raw $train --arch bn --epochs 2 --batch-size 256 --data "$W/big-raw" \
+        --output "$W/run-bn-big-raw"
+    # many workers, few images, a large batch: every batch of the set is still trained on
+    step train-bn-small-raw-w15 $train --arch bn --epochs 3 --batch-size 256 --workers 15 \
+        --data "$W/small-raw" --output "$W/run-bn-small-raw-w15"
 elif [ "$stage" = serve ]; then
     step providers "$PY" -c "import onnxruntime as o; print(o.__version__, o.__file__,
 o.get_available_providers())"
@@ -68,7 +97,7 @@ o.get_available_providers())"
         --precision fp16 --clients 1 4 16 64 --requests 512 --work "$W/serve" --out "$W/json"
     cp "$W/serve/server.log" "$W/logs/server.log" 2>/dev/null
 else
-    echo "unknown stage $stage (train or serve)" >&2
+    echo "unknown stage $stage (train, loader or serve)" >&2
     exit 2
 fi
 kill "$smi" 2>/dev/null
