@@ -59,8 +59,8 @@ def epoch_rate(loader) -> float:
     it = iter(loader)
     next(it)  # the workers have started
     n, start = 0, time.perf_counter()
-    for images, *_ in it:
-        n += len(images)
+    for batch in it:
+        n += len(batch[-2])  # the labels, in a decoded and in an encoded batch alike
     return n / (time.perf_counter() - start)
 
 
@@ -77,6 +77,17 @@ def shard_loader(root: Path, workers: int):
 
     return make_shard_loader(root, "train", shards.read_prepared(root), batch_size=BATCH,
                              workers=workers, shuffle=True, device=torch.device("cpu"))  # fmt: skip
+
+
+def encoded_loader(root: Path, workers: int):
+    """JPEG shards as a CUDA run reads them: the workers deliver the files' bytes, and the
+    GPU decodes (not timed here: nvJPEG's rate is `bench.gpu decode`'s)."""
+    from training import shards
+    from training.shard_loader import ShardLoader, ShardStream
+
+    stream = ShardStream(root, "train", shards.read_prepared(root), batch_size=BATCH,
+                         workers=workers, shuffle=True, decode=False)  # fmt: skip
+    return ShardLoader(stream, pin_memory=False)
 
 
 def train_step_rate(threads: int, steps: int = 3) -> float:
@@ -127,7 +138,9 @@ def run(work: Path, *, per_class: int = 1200, threads: int = 2) -> dict:
     out["loader"] = []
     for source, make in (("folders", lambda w: folder_loader(src, w)),
                          ("jpeg shards", lambda w: shard_loader(prepared["jpeg"], w)),
-                         ("raw shards", lambda w: shard_loader(prepared["raw"], w))):  # fmt: skip
+                         ("raw shards", lambda w: shard_loader(prepared["raw"], w)),
+                         ("jpeg shards, bytes for the GPU",
+                          lambda w: encoded_loader(prepared["jpeg"], w))):  # fmt: skip
         for workers in (1, 2):
             log.info("loader, %s, %d worker(s)", source, workers)
             rate = epoch_rate(make(workers))

@@ -230,12 +230,20 @@ def _shuffled(samples, rng: random.Random, size: int):
 
 
 def collate_encoded(batch: list[tuple[torch.Tensor, int]]):
-    """Keep a batch's encoded images as they are, for `decode_batch` on the device.
+    """Keep a batch's encoded images, packed end to end in one tensor, for `decode_batch`.
+
+    One tensor, not a list of them: a worker hands each tensor to the main process through
+    its own shared-memory segment, and 128 of them a batch cost about 4x the time of the
+    reading itself (bytes delivered by 2 workers: 3,100-4,000 images/s as a list, 17,000 as
+    one tensor; a loader-bound H200 trained at 2,958 images/s from JPEG shards).
 
     Returns:
-        (list of uint8 1-D tensors (the JPEG files), labels int64 (B,), 0 skipped so far)
+        (uint8 (total bytes,) the JPEG files one after another, int64 (B,) their sizes,
+        labels int64 (B,), 0 skipped so far)
     """
-    return [data for data, _ in batch], torch.tensor([lb for _, lb in batch], dtype=torch.long), 0
+    sizes = torch.tensor([len(data) for data, _ in batch], dtype=torch.long)
+    packed = torch.cat([data for data, _ in batch]) if batch else torch.empty(0, dtype=torch.uint8)
+    return packed, sizes, torch.tensor([lb for _, lb in batch], dtype=torch.long), 0
 
 
 def decode_batch(batch, device: torch.device):
@@ -245,7 +253,8 @@ def decode_batch(batch, device: torch.device):
     """
     from torchvision.io import ImageReadMode, decode_jpeg
 
-    data, labels, skipped = batch
+    packed, sizes, labels, skipped = batch
+    data = list(torch.split(packed, sizes.tolist())) if len(sizes) else []
     try:
         images = decode_jpeg(data, mode=ImageReadMode.RGB, device=device) if data else []
     except RuntimeError:  # one bad file fails the whole call: decode one by one to find it

@@ -140,6 +140,22 @@ def test_device_decode_gives_the_worker_decode_pixels(prepared_jpeg: Path) -> No
     assert skipped == expected[2] == 0
 
 
+def test_workers_hand_over_encoded_batches_that_decode_to_the_worker_decode(
+    prepared_jpeg: Path,
+) -> None:
+    # the CUDA path through real worker processes: one packed tensor per batch
+    from training.shard_loader import ShardLoader
+
+    encoded = ShardLoader(stream(prepared_jpeg, "val", decode=False, workers=2, batch_size=5),
+                          pin_memory=False, decode_device=CPU)  # fmt: skip
+    decoded = ShardLoader(stream(prepared_jpeg, "val", workers=2, batch_size=5), pin_memory=False)
+    pairs = list(zip(encoded, decoded, strict=True))
+    assert sum(len(b[1]) for b, _ in pairs) == 12
+    for (images, labels, skipped), expected in pairs:
+        assert torch.equal(images, expected[0]) and torch.equal(labels, expected[1])
+        assert skipped == expected[2] == 0
+
+
 def test_undecodable_samples_are_skipped_and_counted(prepared_jpeg: Path, tmp_path: Path) -> None:
     prepared = shards.read_prepared(prepared_jpeg)
     good = list(shards.read_shard(prepared_jpeg / "val" / prepared.splits["val"].shards[0]))
