@@ -252,7 +252,9 @@ def test_a_small_prepared_set_with_many_workers_trains_every_batch(
     prepared_raw: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level("INFO", logger="training")
-    train(train_args(prepared_raw, tmp_path, "--batch-size", "6", "--workers", "4"))
+    train(
+        train_args(prepared_raw, tmp_path, "--batch-size", "6", "--workers", "4", "--epochs", "1")
+    )
     assert "6 batches of 6 per process per epoch, read by 1 worker(s)" in caplog.text
     assert "0 training image(s) left out" in caplog.text
 
