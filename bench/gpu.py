@@ -121,19 +121,13 @@ def engine(store: Path, model: str, precisions: list[str], batches: list[int], d
     """The raw onnxruntime session on `device`: images/s per batch, and which provider ran."""
     from bench import photos, throughput
     from core.imaging import load_256
-    from core.model_loader import load_model
 
     pixels = np.stack([load_256(j) for j in photos.photo_jpegs("500x375", count=8)])
     rows = []
     for precision in precisions:
-        loaded = load_model(store, model, precision=precision, device=device)
-        providers = loaded.session.get_providers()
-        log.info("engine %s: providers %s", precision, providers)
-        del loaded
-        for row in throughput.engine(store, model, precision, pixels, batches, threads=0,
-                                     min_seconds=min_seconds, device=device):  # fmt: skip
-            rows.append({**row, "providers": providers})
-            log.info("engine %s", rows[-1])
+        rows += throughput.engine(store, model, precision, pixels, batches, threads=0,
+                                  min_seconds=min_seconds, device=device)  # fmt: skip
+        log.info("engine %s: %s", precision, rows[-1])
     return rows
 
 

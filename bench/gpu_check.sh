@@ -36,14 +36,15 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -lms 500 \
     >"$W/logs/smi-$stage.csv" &
 smi=$!
-train="$PY -m alexnet train --data $W/data --recipe quickstart --batch-size 128 --no-progress"
+train="$PY -m alexnet train --recipe quickstart --batch-size 128 --no-progress"
 
 if [ "$stage" = train ]; then
     step versions "$PY" -c "import torch, torchvision; print(torch.__version__,
 torchvision.__version__, torch.cuda.get_device_name(), torch.backends.cudnn.version())"
     step synth "$PY" -m alexnet synth "$W/data" --classes 10 --per-class "$PER_CLASS" --no-progress
-    step train-paper $train --arch paper --init caffe --epochs "$EPOCHS" --output "$W/run-paper"
-    step train-bn $train --arch bn --epochs "$EPOCHS" --output "$W/run-bn"
+    step train-paper $train --data "$W/data" --arch paper --init caffe --epochs "$EPOCHS" \
+        --output "$W/run-paper"
+    step train-bn $train --data "$W/data" --arch bn --epochs "$EPOCHS" --output "$W/run-bn"
     step torchrun "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 \
         -m alexnet train --data "$W/data" --recipe quickstart --batch-size 128 --no-progress \
         --arch bn --epochs 2 --output "$W/run-ddp"

@@ -35,8 +35,9 @@ def engine(
     store: Path, model: str, precision: str, images: np.ndarray, batches: list[int],
     threads: int, min_seconds: float, spinning: bool | None = None, device: str = "cpu",
 ) -> list[dict]:  # fmt: skip
-    """Images/s of direct `session.run` calls at each batch size (after one warm-up call), and
-    the process CPU time per image they cost (this process does nothing else meanwhile)."""
+    """Images/s of direct `session.run` calls at each batch size (after one warm-up call), the
+    process CPU time per image they cost (this process does nothing else meanwhile), and the
+    providers the session runs on."""
     loaded = load_model(store, model, precision=precision, device=device, threads=threads or None,
                         spinning=spinning)  # fmt: skip
     out = []
@@ -55,6 +56,7 @@ def engine(
             "images_per_s": batch * len(times) / sum(times),
             "call_ms_p50": 1000 * statistics.median(times),
             "cpu_ms_per_image": 1000 * cpu / (batch * len(times)),
+            "providers": loaded.session.get_providers(),
         })  # fmt: skip
     return out
 

@@ -42,13 +42,7 @@ from training.data import ImageFolder256, make_loader, pixel_statistics
 from training.evaluate import evaluate, resolve_device
 from training.model import DEFAULT_INIT, build_model
 from training.presets import Normalize, PCALighting, TrainAugment
-from training.shard_loader import (
-    ShardLoader,
-    ShardStream,
-    make_shard_loader,
-    read_statistics,
-    reading_workers,
-)
+from training.shard_loader import ShardLoader, ShardStream, make_shard_loader, read_statistics
 
 log = logging.getLogger("training")
 
@@ -274,7 +268,7 @@ def load_prepared(args: TrainConfig, rank: int, world_size: int, device: torch.d
             "or more shards"
         )
     images = prepared.splits["train"].images
-    readers = reading_workers(images // world_size, max(1, args.workers), per_rank)
+    readers = sum(1 for plan in train_loader.dataset.plan() if plan.shards)
     log.info("prepared set %s (%s, %s): %d batches of %d per process per epoch, read by %d "
              "worker(s) per process; %d training image(s) left out of each epoch", args.data,
              prepared.encoding, shards.dump(prepared), steps, per_rank, readers,
