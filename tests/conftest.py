@@ -49,6 +49,18 @@ def train_args(data: Path, output: Path, *extra: str):
     ))  # fmt: skip
 
 
+def optimized_ops(path: Path, tmp_path: Path) -> list[str]:
+    """The op types of the graph onnxruntime runs (all optimizations), in order."""
+    import onnx
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+
+
 @pytest.fixture(scope="session")
 def trained_run(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A `bn` run of two epochs on `synth_root`; the run folder."""

@@ -10,7 +10,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from tests.conftest import train_args
+from tests.conftest import optimized_ops, train_args
 from training.checkpoint import load_checkpoint, model_from_checkpoint
 from training.export import FC7_ATOL, FC7_RTOL, PROBS_ATOL, export_checkpoint, reference_ten_crop
 from training.model import LocalResponseNorm, build_model
@@ -105,25 +105,18 @@ def test_the_exported_paper_graph_matches_eager_pytorch(
         np.testing.assert_allclose(fc7[i], ref_fc7, atol=FC7_ATOL, rtol=FC7_RTOL)
 
 
-def optimized_ops(path: Path, tmp_path: Path) -> list[str]:
-    """The op types of the graph onnxruntime runs (all optimizations), in order."""
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
-
-
 def test_the_paper_int8_graph_keeps_the_lrn_in_the_int8_chain(
     paper_version: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    """No float Pow, and pool1 and pool2 (after the LRNs) run onnxruntime's NHWC uint8 max
-    pool, as in the batch-normalized network, not the NCHW kernel behind layout transposes."""
+    """No float Pow, and every max pool, pool1 and pool2 after the LRNs included, runs
+    onnxruntime's NHWC uint8 kernel, not the NCHW one behind layout transposes."""
     _, folder = paper_version
     ops = optimized_ops(folder / "model.int8.onnx", tmp_path)
     assert "Pow" not in ops and "AveragePool" not in ops
     assert ops.count("QLinearConv") == 7  # conv1..conv5 and the two LRN window sums
-    assert ops.count("NhwcMaxPool") == 2
+    assert ops.count("NhwcMaxPool") == 3
+    # each ReLU folded into its convolution; the LRN's square in uint8
+    assert "Relu" not in ops and ops.count("QLinearMul") == 2
     first, last = ops.index("QLinearConv"), len(ops) - ops[::-1].index("QLinearConv")
     assert "Transpose" not in ops[first:last]  # NHWC from conv1 to conv5, LRNs included
 

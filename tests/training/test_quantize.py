@@ -6,12 +6,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 from alexnet.main import main as cli
 from core import store
 from core.durable import write_json_atomic
 from core.model_loader import ModelLoadError, load_model
+from tests.conftest import optimized_ops
 from training.quantize import (
     AgreementTooLowError,
     agreement,
@@ -43,6 +45,17 @@ def test_int8_and_fp16_are_listed_with_their_checksums_and_agreement(quantized: 
     assert 0 <= int8["top1_agreement"] <= 1
     assert m.files["int8"].bytes < m.files["fp32"].bytes / 3  # int8 weights
     assert m.files["fp16"].bytes < m.files["fp32"].bytes * 0.6
+
+
+def test_int8_folds_each_relu_into_the_layer_before_it(quantized: Path, tmp_path: Path) -> None:
+    """The quantizer quantizes the ReLUs' outputs, not the layers' (QUANTIZED_OPS), so
+    onnxruntime runs conv + ReLU as one QLinearConv and fc6/fc7 + ReLU as one QGemm, with no
+    float ReLU between them (fc8 stays float)."""
+    folder = quantized / "tiny" / "1"
+    assert "Relu" in {n.op_type for n in onnx.load(str(folder / "model.onnx")).graph.node}
+    ops = optimized_ops(folder / "model.int8.onnx", tmp_path)
+    assert "Relu" not in ops
+    assert ops.count("QLinearConv") == 5 and ops.count("QGemm") == 2
 
 
 def test_other_precisions_keep_the_contracts_io_and_follow_fp32(
