@@ -76,8 +76,8 @@ async def switch(state: StateDep, body: SwitchRequest) -> JSONResponse:
     """
     if state.switcher is None:
         raise HTTPException(503, "model switching is not available")
-    get_engine(state)  # 503 (NotReadyError) until the model and the gallery are loaded
-    get_gallery(state)
+    await get_engine(state)  # 503 (NotReadyError) until the model and the gallery are loaded
+    await get_gallery(state)
     try:
         job = state.switcher.start(body.model, body.precision)
     except SwitchConflictError as e:
