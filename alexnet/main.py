@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from alexnet.args import UsageError
@@ -56,15 +57,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class RankFilter(logging.Filter):
+    """Under torchrun only rank 0 logs below WARNING, so N processes do not print N copies.
+
+    The rank is torchrun's RANK variable (what turns DDP on, `training.distributed`), read
+    without importing torch: every command sets up logging, `alexnet serve` included.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or os.environ.get("RANK", "0") == "0"
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """One log format for every command; under torchrun only rank 0 logs."""
     handler = logging.StreamHandler()
-    try:  # the serving image has no torch (and no `training`); then there are no ranks either
-        from training.distributed import RankFilter
-
-        handler.addFilter(RankFilter())
-    except ImportError:
-        pass
+    handler.addFilter(RankFilter())
     handler.setFormatter(
         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     )

@@ -6,7 +6,6 @@ torchrun sets RANK, LOCAL_RANK and WORLD_SIZE; their presence is what turns DDP 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 
 import torch
@@ -85,10 +84,3 @@ def check_replicas_agree(model: torch.nn.Module) -> str:
 def barrier() -> None:
     if is_distributed():
         dist.barrier()
-
-
-class RankFilter(logging.Filter):
-    """Let only rank 0 log below WARNING, so N processes do not print N copies."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.WARNING or is_main_process()

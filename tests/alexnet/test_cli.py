@@ -61,3 +61,19 @@ def test_errors_are_one_clear_line_not_a_traceback(tmp_path) -> None:
     )
     assert proc.returncode == 1
     assert "is not a folder" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_under_torchrun_only_rank_0_logs_below_warning(monkeypatch) -> None:
+    import logging
+
+    from alexnet.main import RankFilter
+
+    def passes(level: int) -> bool:
+        return RankFilter().filter(logging.LogRecord("x", level, __file__, 1, "m", None, None))
+
+    monkeypatch.delenv("RANK", raising=False)  # no torchrun: one process, it logs
+    assert passes(logging.INFO)
+    monkeypatch.setenv("RANK", "0")
+    assert passes(logging.INFO)
+    monkeypatch.setenv("RANK", "3")
+    assert not passes(logging.INFO) and passes(logging.WARNING) and passes(logging.ERROR)

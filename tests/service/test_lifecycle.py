@@ -11,11 +11,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from alexnet.main import main as cli
 from core import store
 from service.gallery import Gallery
-from tests.service.conftest import running_server, settled_readiness
+from tests.service.conftest import encode, running_server, settled_readiness
 
 
 def test_not_ready_is_503_with_the_reason(tmp_path: Path, sample_images) -> None:
@@ -57,6 +58,19 @@ def test_start_up_log_is_quiet_and_says_once_where_the_model_runs(
             in (named[0])
         )
     assert "tiny:1 (fp32)" in named[0]
+
+
+def test_the_server_never_loads_torch(exported: Path, tmp_path: Path) -> None:
+    """The service runs on onnxruntime alone (its image has no torch); even where torch is
+    installed, `alexnet serve` does not load it (about 400 MB of memory and seconds of
+    start-up), after serving a request either."""
+    from tests.service.conftest import serve
+
+    with serve(exported.parent.parent, tmp_path / "gallery") as server:
+        image = encode(Image.new("RGB", (300, 200), (200, 30, 30)))
+        assert httpx.post(f"{server.url}/predict", files={"image": ("a.jpg", image)}).is_success
+        maps = Path(f"/proc/{server.process.pid}/maps").read_text()
+    assert "libtorch" not in maps and "libc10" not in maps
 
 
 def test_gallery_survives_a_restart(exported: Path, tmp_path: Path, sample_images) -> None:
