@@ -183,6 +183,7 @@ def finish(args: argparse.Namespace, results: dict) -> dict:
     results["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     results["machine"]["load_avg_at_end"] = os.getloadavg()
     results["summary"] = report.summary(results)
+    results["int8_vs_fp32"] = report.int8_speedups(results.get("engine", []))
     (args.out / "bench.json").write_text(json.dumps(results, indent=2))
     report.plot(results, args.out / "bench.png")
     print(report.table(results))

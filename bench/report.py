@@ -21,6 +21,22 @@ def summary(res: dict) -> dict:
     return out
 
 
+def int8_speedups(engine: list[dict]) -> dict:
+    """Raw engine images/s of int8 over fp32, per variant: at each batch size both were
+    measured at, and best batch over best batch."""
+    out: dict = {}
+    for arch in dict.fromkeys(r.get("arch", "bn") for r in engine):
+        rate = {(r["precision"], r["batch"]): r["images_per_s"] for r in engine
+                if r.get("arch", "bn") == arch}  # fmt: skip
+        batches = sorted(b for p, b in rate if p == "int8" and ("fp32", b) in rate)
+        if not batches:
+            continue
+        best = {p: max(v for (q, _), v in rate.items() if q == p) for p in ("fp32", "int8")}
+        out[arch] = {"by_batch": {b: rate["int8", b] / rate["fp32", b] for b in batches},
+                     "best_vs_best": best["int8"] / best["fp32"]}  # fmt: skip
+    return out
+
+
 def _summary(arch: str, precision: str, engine: list, service: list, naive: dict) -> dict:
     out: dict = {}
     mine = {"arch": arch, "precision": precision}
@@ -79,6 +95,11 @@ def table(res: dict) -> str:
         lines += [f"| {r.get('arch', 'bn')} | {r['precision']} | {r['batch']} | "
                   f"{_f(r['images_per_s'])} | {_f(r['call_ms_p50'])} | "
                   f"{_f(r.get('cpu_ms_per_image'))} |" for r in res["engine"]]  # fmt: skip
+        lines.append("")
+        for arch, x in int8_speedups(res["engine"]).items():
+            at = ", ".join(f"batch {b} {v:.2f}x" for b, v in x["by_batch"].items())
+            lines.append(f"{arch}: int8 vs fp32 images/s: {at}; best batch vs best batch "
+                         f"{x['best_vs_best']:.2f}x")  # fmt: skip
         lines.append("")
     if res.get("service"):
         lines += ["Service, `POST /predict`, one JPEG per request; server CPU-ms per image: "
