@@ -82,14 +82,15 @@ def plan_epoch(
         plans[rank][worker].
     """
     order = list(range(len(counts)))
-    if not shuffle:
-        split = [[order[r::world_size][w::workers] for w in range(workers)]
-                 for r in range(world_size)]  # fmt: skip
-        return [[WorkerPlan(tuple(s), None) for s in rank] for rank in split]
-    random.Random(f"shards-{seed}-{epoch}").shuffle(order)
-    readers = reading_workers(sum(counts) // world_size, workers, batch_size)
+    # validation reads with every worker; training with as many as its images keep busy
+    readers = workers
+    if shuffle:
+        random.Random(f"shards-{seed}-{epoch}").shuffle(order)
+        readers = reading_workers(sum(counts) // world_size, workers, batch_size)
     split = [[order[r::world_size][w::readers] if w < readers else [] for w in range(workers)]
              for r in range(world_size)]  # fmt: skip
+    if not shuffle:
+        return [[WorkerPlan(tuple(s), None) for s in rank] for rank in split]
     batches = [[sum(counts[i] for i in s) // batch_size for s in rank] for rank in split]
     steps = min(sum(b) for b in batches)
     for rank in batches:  # take the surplus from the fullest workers first

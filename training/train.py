@@ -259,20 +259,19 @@ def load_prepared(args: TrainConfig, rank: int, world_size: int, device: torch.d
                   rank=rank, world_size=world_size)  # fmt: skip
     train_loader = make_shard_loader(args.data, "train", prepared, shuffle=True, **common)
     val_loader = make_shard_loader(args.data, "val", prepared, shuffle=False, **common)
-    steps = len(train_loader)
+    steps, train_split = len(train_loader), prepared.splits["train"]
     if steps == 0:
         raise ValueError(
-            f"{args.data}: {prepared.splits['train'].images} training image(s) in "
-            f"{len(prepared.splits['train'].shards)} shard(s) give no whole batch of {per_rank} "
+            f"{args.data}: {train_split.images} training image(s) in "
+            f"{len(train_split.shards)} shard(s) give no whole batch of {per_rank} "
             f"to each of {world_size} process(es); use fewer processes, a smaller --batch-size, "
             "or more shards"
         )
-    images = prepared.splits["train"].images
     readers = sum(1 for plan in train_loader.dataset.plan() if plan.shards)
     log.info("prepared set %s (%s, %s): %d batches of %d per process per epoch, read by %d "
              "worker(s) per process; %d training image(s) left out of each epoch", args.data,
              prepared.encoding, shards.dump(prepared), steps, per_rank, readers,
-             images - steps * per_rank * world_size)  # fmt: skip
+             train_split.images - steps * per_rank * world_size)  # fmt: skip
     return train_loader.dataset, val_loader.dataset, train_loader, val_loader
 
 
