@@ -10,11 +10,13 @@ and Div. That form is slow in onnxruntime, most of all in the int8 graph:
 - Pow(t, 0.75) on every activation is a scalar powf.
 
 `ChannelWindowLRN` computes the same formula as a 1x1 convolution with a banded weight
-(the window sum over adjacent channels; alpha its weight, k its bias) and elementwise ops,
-with t ** 0.75 as sqrt(t) * sqrt(sqrt(t)) when beta is the paper's 0.75. In the int8
-graph that convolution is quantized like the others, so the whole layer stays in
-onnxruntime's NHWC int8 chain. The graph computes the paper's formula; the export checks
-it against eager PyTorch (`training.export.verify_onnx`) as for any model.
+(the window sum over adjacent channels; alpha its weight, k its bias) and elementwise ops.
+When beta is the paper's 0.75 the layer is x times a factor, t ** -0.75 written as
+sqrt(sqrt(t)) / t. In the int8 graph the convolution is quantized like the others and the
+product is a uint8 QLinearMul (`training.quantize` quantizes Mul), so the whole layer
+stays in onnxruntime's NHWC int8 chain and only the factor is computed in float. The
+graph computes the paper's formula; the export checks it against eager PyTorch
+(`training.export.verify_onnx`) as for any model.
 """
 
 from __future__ import annotations
@@ -55,8 +57,7 @@ class ChannelWindowLRN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = F.conv2d(x * x, self.weight, self.bias)  # k + alpha * window sum of squares
         if self.beta == 0.75:
-            root = torch.sqrt(t)
-            return x / (root * torch.sqrt(root))  # t ** 0.75
+            return x * (torch.sqrt(torch.sqrt(t)) / t)  # x * t ** -0.75
         return x / t**self.beta
 
     def extra_repr(self) -> str:

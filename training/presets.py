@@ -57,7 +57,9 @@ class TenCrop(nn.Module):
 
     Order as Caffe's `oversample` (and torchvision's `five_crop` followed by `hflip` of
     each patch): TL, TR, BL, BR, centre, mirrored TL, TR, BL, BR, centre. The mirrored
-    patches are reflections of the same five patches, not crops of a mirrored image.
+    patches are reflections of the same five patches; when 256 - c is odd (227) the
+    mirrored centre is therefore not the centre crop of the mirrored image at the same
+    offset, which is why the mirror's patches are cut at mirrored offsets.
 
     (N, 3, S, S) -> (N, 10, 3, c, c)
     """
@@ -68,16 +70,15 @@ class TenCrop(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c, s = self.crop_size, x.shape[-1]
-        m = (s - c) // 2
-        patches = [
-            x[..., :c, :c],
-            x[..., :c, s - c :],
-            x[..., s - c :, :c],
-            x[..., s - c :, s - c :],
-            x[..., m : m + c, m : m + c],
-        ]
-        five = torch.stack(patches, dim=1)  # (N, 5, 3, c, c)
-        return torch.cat([five, five.flip(-1)], dim=1)  # (N, 10, 3, c, c)
+        m, e = (s - c) // 2, s - c
+        corners = [(0, 0), (0, e), (e, 0), (e, e), (m, m)]  # (top, left): TL, TR, BL, BR, centre
+        # The mirror of the patch at columns left .. left + c - 1 is the patch of the mirrored
+        # image at columns e - left .. s - left - 1: the image is mirrored once (4.4x fewer
+        # pixels than five patches), and all ten patches are cut and stacked in one step.
+        mirror = x.flip(-1)
+        patches = [x[..., t : t + c, left : left + c] for t, left in corners]
+        patches += [mirror[..., t : t + c, e - left : s - left] for t, left in corners]
+        return torch.stack(patches, dim=1)  # (N, 10, 3, c, c)
 
 
 class RandomCropFlip(nn.Module):

@@ -158,7 +158,10 @@ def classifier_gemms(model: onnx.ModelProto) -> list[str]:
 # instead of QLinearConv -> DequantizeLinear -> float Relu -> ... In the paper's network
 # that also puts the LRN's square in uint8 (QLinearMul). Measured on the bench models,
 # 2 threads: `paper` int8 +11%, `bn` int8 +17-25%, agreement with fp32 up (README).
-QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Relu"]
+# Mul is listed for the paper's LRN (`training.onnx_lrn`): its output, x times the float
+# factor t ** -0.75, then runs as a uint8 QLinearMul instead of DequantizeLinear, Div and
+# QuantizeLinear over the float activations. `bn` has no Mul.
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul", "Relu", "Mul"]
 
 
 def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:

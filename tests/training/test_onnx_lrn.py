@@ -115,8 +115,10 @@ def test_the_paper_int8_graph_keeps_the_lrn_in_the_int8_chain(
     assert "Pow" not in ops and "AveragePool" not in ops
     assert ops.count("QLinearConv") == 7  # conv1..conv5 and the two LRN window sums
     assert ops.count("NhwcMaxPool") == 3
-    # each ReLU folded into its convolution; the LRN's square in uint8
-    assert "Relu" not in ops and ops.count("QLinearMul") == 2
+    # each ReLU folded into its convolution; the LRN's square and its product with the
+    # float factor in uint8: no float Mul or Div over the activations
+    assert "Relu" not in ops and ops.count("QLinearMul") == 4
+    assert "Mul" not in ops
     first, last = ops.index("QLinearConv"), len(ops) - ops[::-1].index("QLinearConv")
     assert "Transpose" not in ops[first:last]  # NHWC from conv1 to conv5, LRNs included
 
