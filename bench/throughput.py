@@ -4,6 +4,7 @@ image, which, unlike images/s, hardly depends on what else the machine is doing.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import threading
 import time
@@ -34,31 +35,54 @@ def percentiles(seconds: list[float]) -> dict:
 def engine(
     store: Path, model: str, precision: str, images: np.ndarray, batches: list[int],
     threads: int, min_seconds: float, spinning: bool | None = None, device: str = "cpu",
+    instances: int = 1,
 ) -> list[dict]:  # fmt: skip
     """Images/s of direct `session.run` calls at each batch size (after one warm-up call), the
     process CPU time per image they cost (this process does nothing else meanwhile), and the
-    providers the session runs on."""
+    providers the session runs on. `instances` threads call the one session at once, as the
+    service's engine instances do; `threads` is the session's intra-op threads."""
     loaded = load_model(store, model, precision=precision, device=device, threads=threads or None,
                         spinning=spinning)  # fmt: skip
     out = []
     for batch in batches:
         x = np.stack([images[i % len(images)] for i in range(batch)])
-        loaded.session.run(None, {"images": x})
-        times: list[float] = []
-        start, cpu = time.perf_counter(), time.process_time()
-        while len(times) < 3 or time.perf_counter() - start < min_seconds:
-            t = time.perf_counter()
-            loaded.session.run(None, {"images": x})
-            times.append(time.perf_counter() - t)
-        cpu = time.process_time() - cpu
+        call = functools.partial(loaded.session.run, None, {"images": x})
+        times, wall, cpu = timed_calls(call, instances, min_seconds)
         out.append({
-            "precision": precision, "batch": batch, "calls": len(times),
-            "images_per_s": batch * len(times) / sum(times),
+            "precision": precision, "batch": batch, "instances": instances,
+            "threads": threads, "calls": len(times),
+            "images_per_s": batch * len(times) / wall,
             "call_ms_p50": 1000 * statistics.median(times),
             "cpu_ms_per_image": 1000 * cpu / (batch * len(times)),
             "providers": loaded.session.get_providers(),
         })  # fmt: skip
     return out
+
+
+def timed_calls(call: Callable[[], object], callers: int, min_seconds: float):
+    """`callers` threads each running `call` until `min_seconds` have passed and every
+    thread made 3 calls: (seconds of each call, wall seconds, process CPU seconds)."""
+    call()  # warm-up
+    times: list[float] = []
+    lock = threading.Lock()
+
+    def caller() -> None:
+        while True:
+            with lock:
+                if len(times) >= 3 * callers and time.perf_counter() - start > min_seconds:
+                    return
+            t = time.perf_counter()
+            call()
+            with lock:
+                times.append(time.perf_counter() - t)
+
+    start, cpu = time.perf_counter(), time.process_time()
+    threads = [threading.Thread(target=caller) for _ in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return times, time.perf_counter() - start, time.process_time() - cpu
 
 
 def decode_times(jpegs: list[bytes], repeats: int) -> dict:

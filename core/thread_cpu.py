@@ -51,17 +51,20 @@ def cpu_seconds(tid: int) -> float:
 
 class CpuMeter:
     """CPU seconds used by the calling thread and by `pool` (other threads' ids) since the
-    last `take`; call `take` from one thread only (its own clock is the caller's)."""
+    last `take`; call `take` from one thread only (its own clock is the caller's).
+    `caller=False` counts the pool alone (several calling threads share one pool)."""
 
-    def __init__(self, pool: tuple[int, ...] = ()) -> None:
-        self.pool = pool
+    def __init__(self, pool: tuple[int, ...] = (), *, caller: bool = True) -> None:
+        self.pool, self.caller = pool, caller
         self._pool_last = {tid: cpu_seconds(tid) for tid in pool}
         self._own_last: float | None = None
 
     def take(self) -> float:
-        own = time.thread_time()
-        used = own - self._own_last if self._own_last is not None else own
-        self._own_last = own
+        used = 0.0
+        if self.caller:
+            own = time.thread_time()
+            used = own - self._own_last if self._own_last is not None else own
+            self._own_last = own
         for tid in self.pool:
             now = cpu_seconds(tid)
             used += max(0.0, now - self._pool_last[tid])

@@ -70,9 +70,12 @@ async def load(state: AppState) -> None:
             state.background.add(follow)
         state.metrics.gallery_items.set(len(state.gallery))
         log.info(  # where the model runs was said when it loaded (core.model_loader)
-            "ready: %s (%s), knows %s; gallery %s with %d items",
+            "ready: %s (%s; %d engine call(s) at once, up to %d images each), knows %s; "
+            "gallery %s with %d items",
             loaded.id,
             loaded.precision,
+            s.instances,
+            s.max_batch,
             model_info.knows(loaded.manifest),
             state.gallery.location,
             len(state.gallery),

@@ -68,6 +68,14 @@ class Settings(BaseSettings):
         "images that arrive while a call runs are batched into the next one anyway)",
     )
     max_queue: int = Field(64, ge=1, description="images waiting for the engine; beyond it 503")
+    instances: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="engine calls that run at once, each in its own thread on the one session "
+        "(which shares its --threads among them): on a few CPU cores an int8 model serves more "
+        "with one call per core and --threads 1 than with one call over every core",
+    )
     max_images_per_request: int = Field(16, ge=1, description="image parts in one request")
     max_image_bytes: int = Field(20 * 2**20, ge=1024, description="bytes of one uploaded image")
     max_image_pixels: int = Field(40_000_000, ge=65_536, description="pixels of one uploaded image")

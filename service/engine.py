@@ -7,11 +7,18 @@ requests are concatenated into one session call of at most `max_batch` images (a
 is never split; a request larger than `max_batch` runs alone), gathered for at most
 `max_wait_ms`. At most `max_queue` images wait; beyond that `infer` raises `OverloadedError`
 at once instead of letting the queue grow.
+
+Up to `instances` calls run at once (Triton's instance count), each in its own thread on
+the one session (onnxruntime's `run` is thread-safe): the next batch starts as soon as a
+call ends, from whatever waits then. On a few cores an int8 model serves more this way,
+one intra-op thread per call, than with one call spread over every core (README,
+"Performance").
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -39,6 +46,13 @@ class _Request:
     future: asyncio.Future = field(repr=False)
 
 
+def _fail(batch: list[_Request], error: BaseException) -> None:
+    """Answer each request of `batch` that still waits with `error`."""
+    for req in batch:
+        if not req.future.done():
+            req.future.set_exception(error)
+
+
 class Engine:
     """Dynamic batching over `loaded.session`.
 
@@ -48,10 +62,12 @@ class Engine:
         max_wait_ms: how long the first request of a batch waits for company (0: not at all;
             requests that arrive while a call runs still share the next call).
         max_queue: images allowed to wait.
+        instances: session calls that may run at once, each in its own thread.
         on_batch: called with (images in the batch, seconds of inference) after each call.
         on_cpu: called after each call with the CPU seconds the session used since the last
             one: the calling thread's and onnxruntime's intra-op pool's (`core.thread_cpu`),
-            so the service's own CPU is the process's minus this.
+            so the service's own CPU is the process's minus this. With several instances
+            each call adds its own thread's time and the pool's since the last call.
     """
 
     def __init__(
@@ -61,20 +77,28 @@ class Engine:
         max_batch: int = 8,
         max_wait_ms: float = 0.0,
         max_queue: int = 64,
+        instances: int = 1,
         on_batch: Callable[[int, float], None] | None = None,
         on_cpu: Callable[[float], None] | None = None,
     ) -> None:
         self.loaded = loaded
+        if instances < 1:
+            raise ValueError(f"instances must be at least 1, got {instances}")
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000, max_queue
+        self.instances = instances
         self.on_batch, self.on_cpu = on_batch, on_cpu
-        self._cpu = CpuMeter(loaded.pool_threads)  # read in the executor's one thread only
+        self._pool_cpu = CpuMeter(loaded.pool_threads, caller=False)  # shared by the calls
+        self._pool_lock = threading.Lock()
+        self._thread = threading.local()  # each call thread's own CpuMeter
         self._pending: deque[_Request] = deque()
         self._queued_images = 0
         self._wakeup: asyncio.Event | None = None
+        self._free: asyncio.Semaphore | None = None  # instances not running a call
         self._task: asyncio.Task | None = None
+        self._calls: set[asyncio.Task] = set()
         self._retired = False
-        # one thread: the session already spreads one call over its intra-op threads
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        # one thread per instance: the session spreads each call over its intra-op threads
+        self._executor = ThreadPoolExecutor(max_workers=instances, thread_name_prefix="engine")
 
     @property
     def queue_depth(self) -> int:
@@ -87,17 +111,25 @@ class Engine:
         return probs, fc7
 
     def _run_counted(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """`run`, in the executor's thread, and the session's CPU seconds since the last."""
+        """`run`, in an executor thread, and the CPU seconds of this thread since its last
+        call plus the intra-op pool's since any thread's last call."""
         probs, fc7 = self.run(images)
-        return probs, fc7, self._cpu.take()
+        meter = getattr(self._thread, "meter", None)
+        if meter is None:
+            meter = self._thread.meter = CpuMeter()  # this thread's clock, from its start
+        used = meter.take()
+        with self._pool_lock:
+            used += self._pool_cpu.take()
+        return probs, fc7, used
 
     async def start(self) -> None:
         self._wakeup = asyncio.Event()
+        self._free = asyncio.Semaphore(self.instances)
         self._task = asyncio.create_task(self._loop(), name="engine-batcher")
 
     async def retire(self) -> None:
-        """Answer every request already queued, then stop (a model switch: the requests that
-        started with this engine finish with it). Later `infer` calls raise
+        """Answer every request already queued or running, then stop (a model switch: the
+        requests that started with this engine finish with it). Later `infer` calls raise
         `EngineRetiredError`."""
         self._retired = True
         if self._wakeup is not None:
@@ -113,6 +145,9 @@ class Engine:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        for call in list(self._calls):  # their requests get OverloadedError (`_call`)
+            call.cancel()
+        await asyncio.gather(*self._calls, return_exceptions=True)
         for req in self._pending:
             if not req.future.done():
                 req.future.set_exception(OverloadedError("the service is shutting down"))
@@ -145,10 +180,11 @@ class Engine:
         while True:
             if not self._pending:
                 if self._retired:
-                    return
+                    break
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            await self._free.acquire()  # an instance is free; requests gather meanwhile
             deadline = loop.time() + self.max_wait
             while self._waiting_images() < self.max_batch and (left := deadline - loop.time()) > 0:
                 self._wakeup.clear()
@@ -156,32 +192,39 @@ class Engine:
                     await asyncio.wait_for(self._wakeup.wait(), left)
                 except TimeoutError:
                     break
-            batch = self._take_batch()
-            images = (
-                batch[0].images if len(batch) == 1 else np.concatenate([r.images for r in batch])
+            call = asyncio.create_task(self._call(self._take_batch()), name="engine-call")
+            self._calls.add(call)
+            call.add_done_callback(self._calls.discard)
+        await asyncio.gather(*self._calls)  # retired: the calls in flight finish
+
+    async def _call(self, batch: list[_Request]) -> None:
+        """One session call for `batch`, on a free instance; every request gets its rows,
+        or the call's exception."""
+        images = batch[0].images if len(batch) == 1 else np.concatenate([r.images for r in batch])
+        start = time.perf_counter()
+        try:
+            probs, fc7, cpu = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_counted, images
             )
-            start = time.perf_counter()
-            try:
-                probs, fc7, cpu = await loop.run_in_executor(
-                    self._executor, self._run_counted, images
-                )
-            except Exception as e:  # noqa: BLE001 - every request gets its answer, even a failure
-                for req in batch:
-                    if not req.future.done():
-                        req.future.set_exception(e)
-                continue
-            finally:
-                self._queued_images -= len(images)
-            if self.on_batch is not None:
-                self.on_batch(len(images), time.perf_counter() - start)
-            if self.on_cpu is not None:
-                self.on_cpu(cpu)
-            row = 0
-            for req in batch:
-                n = len(req.images)
-                if not req.future.done():  # a cancelled request (client gone) needs no answer
-                    req.future.set_result((probs[row : row + n], fc7[row : row + n]))
-                row += n
+        except asyncio.CancelledError:  # `stop`
+            _fail(batch, OverloadedError("the service is shutting down"))
+            raise
+        except Exception as e:  # noqa: BLE001 - every request gets its answer, even a failure
+            _fail(batch, e)
+            return
+        finally:
+            self._queued_images -= len(images)
+            self._free.release()
+        if self.on_batch is not None:
+            self.on_batch(len(images), time.perf_counter() - start)
+        if self.on_cpu is not None:
+            self.on_cpu(cpu)
+        row = 0
+        for req in batch:
+            n = len(req.images)
+            if not req.future.done():  # a cancelled request (client gone) needs no answer
+                req.future.set_result((probs[row : row + n], fc7[row : row + n]))
+            row += n
 
     def _waiting_images(self) -> int:
         return sum(len(r.images) for r in self._pending)

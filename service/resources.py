@@ -37,13 +37,14 @@ def open_gallery(settings: Settings, loaded: LoadedModel) -> GalleryBackend:
 
 async def start_engine(loaded: LoadedModel, settings: Settings, metrics: Metrics) -> Engine:
     """A started batching engine over `loaded` with the settings' batch, wait and queue
-    limits, its calls observed in `metrics`: the one the app serves, at start-up or after a
-    model switch."""
+    limits and instances, its calls observed in `metrics`: the one the app serves, at
+    start-up or after a model switch."""
     engine = Engine(
         loaded,
         max_batch=settings.max_batch,
         max_wait_ms=settings.max_wait_ms,
         max_queue=settings.max_queue,
+        instances=settings.instances,
         on_batch=metrics.observe_batch,
         on_cpu=metrics.engine_cpu.inc,
     )

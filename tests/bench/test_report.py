@@ -1,15 +1,24 @@
-"""The bench's int8 vs fp32 figure, from raw engine rows."""
+"""The bench's int8 vs fp32 figure and its ratios, from raw engine and service rows."""
 
 from __future__ import annotations
 
 import pytest
 
-from bench.report import int8_speedups, table
+from bench.report import int8_speedups, summary, table
 
 
-def row(arch: str, precision: str, batch: int, rate: float) -> dict:
+def row(arch: str, precision: str, batch: int, rate: float, instances: int = 1) -> dict:
     return {"arch": arch, "precision": precision, "batch": batch, "images_per_s": rate,
-            "call_ms_p50": 1000 * batch / rate, "cpu_ms_per_image": 2000 / rate}  # fmt: skip
+            "instances": instances, "threads": 2 // instances,
+            "call_ms_p50": 1000 * batch * instances / rate,
+            "cpu_ms_per_image": 2000 / rate}  # fmt: skip
+
+
+def served(instances: int, clients: int, rate: float, p50: float) -> dict:
+    return {"arch": "paper", "precision": "int8", "size": "500x375", "instances": instances,
+            "threads": 2 // instances, "clients": clients, "images_per_s": rate,
+            "p50_ms": p50, "process_cpu_ms_per_image": 2000 / rate,
+            "overhead_cpu_ms_per_image": 4.0, "ceiling_fraction": 0.9}  # fmt: skip
 
 
 def test_int8_over_fp32_per_batch_and_best_over_best() -> None:
@@ -23,3 +32,23 @@ def test_int8_over_fp32_per_batch_and_best_over_best() -> None:
     assert got["paper"]["best_vs_best"] == pytest.approx(50.0 / 20.0)
     assert "paper: int8 vs fp32 images/s: batch 1 3.00x, batch 8 2.00x; best batch vs " \
            "best batch 2.50x" in table({"engine": engine})  # fmt: skip
+
+
+def test_each_precision_counts_at_its_fastest_configuration_of_calls() -> None:
+    engine = [row("paper", "fp32", 1, 16.0), row("paper", "fp32", 1, 15.0, 2),
+              row("paper", "int8", 1, 40.0), row("paper", "int8", 1, 50.0, 2)]  # fmt: skip
+    got = int8_speedups(engine)
+    assert got["paper"]["by_batch"] == pytest.approx({1: 50.0 / 16.0})
+    assert "| paper | int8 | 2 x 1 | 1 | 50.0 |" in table({"engine": engine})
+
+
+def test_the_ratios_compare_the_best_served_configuration_with_the_fastest_raw_one() -> None:
+    engine = [row("paper", "int8", 1, 40.0), row("paper", "int8", 2, 38.0),
+              row("paper", "int8", 1, 50.0, instances=2)]  # fmt: skip
+    service = [served(1, 1, 30.0, 25.0), served(1, 4, 36.0, 100.0),
+               served(2, 1, 20.0, 40.0), served(2, 4, 45.0, 80.0)]  # fmt: skip
+    got = summary({"engine": engine, "service": service})["paper int8 500x375"]
+    assert got["service_vs_raw_at_4_clients"] == pytest.approx(45.0 / 50.0)
+    assert got["calls_at_4_clients"] == "2 x 1"
+    # idle latency: the quickest served configuration against the quickest single call
+    assert got["idle_p50_vs_raw_call"] == pytest.approx(25.0 / 25.0)

@@ -15,7 +15,7 @@ from PIL import Image
 
 from core.model_loader import load_model
 from service.decode import decode
-from tests.service.conftest import API_KEY
+from tests.service.conftest import API_KEY, serve
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -69,6 +69,34 @@ def test_batched_and_concurrent_requests_answer_like_single_ones(
                 atol=1e-6,
             )
     assert "embedding" not in singles[0]
+
+
+def test_two_engine_instances_answer_concurrent_requests_like_one(
+    server: str, exported: Path, sample_images, tmp_path: Path
+) -> None:
+    """ALEXNET_INSTANCES=2 (one intra-op thread each): two session calls at once, and the
+    same answers as the default server's."""
+    datas = [d for _, d in sample_images[:4]]
+    singles = [_predict(server, [d], top_k=3).json()["results"][0] for d in datas]
+    log = tmp_path / "server.log"
+    with serve(exported.parent.parent, tmp_path / "gallery", log=log, instances="2",
+               threads="1", max_batch="1") as running:  # fmt: skip
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(lambda d: _predict(running.url, [d], top_k=3), datas * 2))
+        metrics = httpx.get(f"{running.url}/metrics").text
+    assert "2 engine call(s) at once, up to 1 images each" in log.read_text()
+    assert [r.status_code for r in got] == [200] * 8
+    for one, other in zip(singles * 2, [r.json()["results"][0] for r in got], strict=True):
+        mine, theirs = one["predictions"], other["predictions"]
+        assert [p["index"] for p in mine] == [p["index"] for p in theirs]
+        np.testing.assert_allclose(
+            [p["probability"] for p in mine],
+            [p["probability"] for p in theirs],
+            rtol=1e-4,
+            atol=1e-6,
+        )
+    calls = re.search(r"^alexnet_batch_images_count(?:\{[^}]*\})? (\S+)$", metrics, re.M)
+    assert calls and float(calls.group(1)) >= 8, metrics[:2000]
 
 
 def test_gallery_round_trip(server: str, sample_images) -> None:

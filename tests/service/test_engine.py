@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import threading
 import time
 from pathlib import Path
 
@@ -16,6 +18,20 @@ from service.engine import Engine, OverloadedError
 @pytest.fixture(scope="module")
 def loaded(exported: Path):
     return load_model(exported.parent.parent, "tiny", precision="fp32", device="cpu", threads=2)
+
+
+class TimedSession:
+    """The real session, with the start and end of each `run` written down."""
+
+    def __init__(self, session) -> None:
+        self.session, self.spans, self._lock = session, [], threading.Lock()
+
+    def run(self, *args, **kwargs):
+        start = time.perf_counter()
+        out = self.session.run(*args, **kwargs)
+        with self._lock:
+            self.spans.append((start, time.perf_counter()))
+        return out
 
 
 def _images(n: int, seed: int) -> np.ndarray:
@@ -104,22 +120,77 @@ def test_without_waiting_requests_that_arrive_while_the_engine_runs_share_the_ne
     assert batches == [1, 3]  # no wait at idle; the three later ones batched behind it
 
 
-def test_the_engine_counts_the_sessions_cpu_time(loaded) -> None:
-    """`on_cpu` gets the session's CPU seconds per call (calling thread + onnxruntime's pool):
-    together about what the process spent, as nothing else runs here."""
+@pytest.mark.parametrize("instances", [1, 2])
+def test_the_engine_counts_the_sessions_cpu_time(loaded, instances: int) -> None:
+    """`on_cpu` gets the session's CPU seconds per call (calling threads + onnxruntime's
+    pool): together about what the process spent, as nothing else runs here."""
     spent: list[float] = []
 
     async def scenario():
-        engine = Engine(loaded, max_batch=8, on_cpu=spent.append)
+        engine = Engine(loaded, max_batch=4, instances=instances, on_cpu=spent.append)
         await engine.start()
         try:
-            for seed in range(3):
-                await engine.infer(_images(4, seed))
+            for seeds in ([0, 1], [2, 3], [4, 5]):
+                await asyncio.gather(*(engine.infer(_images(4, seed)) for seed in seeds))
         finally:
             await engine.stop()
 
     process = time.process_time()
     asyncio.run(scenario())
     process = time.process_time() - process
-    assert len(spent) == 3 and all(s > 0 for s in spent)
+    assert len(spent) == 6 and all(s > 0 for s in spent)
     assert 0.5 * process < sum(spent) <= process + 0.02, (spent, process)
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+def test_instances_is_how_many_session_calls_run_at_once(loaded, instances: int) -> None:
+    timed = TimedSession(loaded.session)
+    requests = [_images(1, seed) for seed in range(4)]
+
+    async def scenario():
+        engine = Engine(dataclasses.replace(loaded, session=timed), max_batch=1,
+                        instances=instances)  # fmt: skip
+        await engine.start()
+        try:
+            return await asyncio.gather(*(engine.infer(r) for r in requests))
+        finally:
+            await engine.stop()
+
+    answers = asyncio.run(scenario())
+    assert len(timed.spans) == 4
+    # most calls running at any moment, from the calls' own start and end times
+    events = sorted([(s, 1) for s, _ in timed.spans] + [(e, -1) for _, e in timed.spans])
+    running = np.cumsum([step for _, step in events])
+    assert running.max() == instances
+    for images, (probs, fc7) in zip(requests, answers, strict=True):
+        ref_probs, ref_fc7 = Engine(loaded).run(images)
+        np.testing.assert_allclose(probs, ref_probs, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(fc7, ref_fc7, rtol=1e-4, atol=1e-5)
+
+
+def test_stop_answers_the_calls_in_flight_and_retire_waits_for_them(loaded) -> None:
+    async def scenario():
+        stopped = Engine(loaded, max_batch=1, instances=2)
+        await stopped.start()
+        cut = [asyncio.ensure_future(stopped.infer(_images(1, i))) for i in range(3)]
+        await asyncio.sleep(0.03)  # two calls are running, one request waits
+        await stopped.stop()
+        cut = await asyncio.gather(*cut, return_exceptions=True)
+
+        retired = Engine(loaded, max_batch=1, instances=2)
+        await retired.start()
+        finished = [asyncio.ensure_future(retired.infer(_images(1, i))) for i in range(3)]
+        await asyncio.sleep(0.03)
+        await retired.retire()
+        assert all(f.done() for f in finished)
+        return cut, [f.result() for f in finished]
+
+    cut, finished = asyncio.run(scenario())
+    assert all(isinstance(r, OverloadedError) for r in cut), cut
+    assert "shutting down" in str(cut[0])
+    assert [probs.shape for probs, _ in finished] == [(1, 4)] * 3
+
+
+def test_instances_must_be_positive(loaded) -> None:
+    with pytest.raises(ValueError, match="instances must be at least 1"):
+        Engine(loaded, instances=0)
