@@ -121,8 +121,9 @@ def table(res: dict) -> str:
                   "ceiling = cores / (decode + session CPU-s per image):", "",
                   "| arch | precision | calls x threads | photo | clients | images/s | p50 ms | "
                   "p95 ms | p99 ms | errors | images per engine call | process CPU-ms | "
-                  "session CPU-ms | service CPU-ms | ceiling img/s | of ceiling |",
-                  "|" + " --- |" * 16]  # fmt: skip
+                  "session CPU-ms | service CPU-ms | ceiling img/s | of ceiling | "
+                  "load generator CPU-ms per request |",
+                  "|" + " --- |" * 17]  # fmt: skip
         lines += [f"| {r.get('arch', 'bn')} | {r['precision']} | {calls(r)} | {r['size']} | "
                   f"{r['clients']} | "
                   f"{_f(r['images_per_s'])} | {_f(r['p50_ms'])} | {_f(r['p95_ms'])} | "
@@ -131,7 +132,8 @@ def table(res: dict) -> str:
                   f"{_f(r.get('engine_cpu_ms_per_image'))} | "
                   f"{_f(r.get('overhead_cpu_ms_per_image'))} | "
                   f"{_f(r.get('ceiling_images_per_s'))} | "
-                  f"{_pct(r.get('ceiling_fraction'))} |"
+                  f"{_pct(r.get('ceiling_fraction'))} | "
+                  f"{_f(r.get('client_cpu_ms_per_request'), 2)} |"
                   for r in res["service"]]  # fmt: skip
         lines.append("")
     if res.get("naive"):
