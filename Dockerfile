@@ -46,7 +46,9 @@ RUN mkdir -p /data/model_store /data/gallery \
     && chown alexnet:alexnet /data/gallery
 # ALEXNET_THREADS: onnxruntime's intra-op threads. In a container its default follows
 # the host's cores, not the container's CPU limit: set it to that limit on CPU
-# (e.g. --cpus 4 -> 4); on a GPU 1-2 are enough.
+# (e.g. --cpus 4 -> 4); on a GPU 1-2 are enough. For an int8 model on CPU under load,
+# ALEXNET_INSTANCES=<cpus> with ALEXNET_THREADS=1 (one engine call per core) serves more,
+# and a lone request waits longer (README, Settings).
 ENV ALEXNET_HOST=0.0.0.0 \
     ALEXNET_PORT=8000 \
     ALEXNET_STORE=/data/model_store \
