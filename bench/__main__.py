@@ -4,6 +4,7 @@
     python -m bench --only similar --sizes 1000000   # `make bench-1m`
     python -m bench --only engine service naive decode --precisions int8
     python -m bench --only engine service decode --archs bn paper --clients 4 --requests 24
+    python -m bench --only engine service decode --calls 1x2 2x1 2x2   # engine configurations
 
 Everything runs in one process tree on this machine, one part after the other, so the
 ratios between them hold on a noisy host; the CPU time per image (the service's process
@@ -94,16 +95,17 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--threads",
         type=int,
         default=2,
-        help="cores for the engine: onnxruntime / torch threads (default: 2); with --instances "
-        "N, each of the N concurrent calls gets threads / N intra-op threads",
+        help="onnxruntime / torch threads (default: 2)",
     )
     p.add_argument(
-        "--instances",
+        "--calls",
         nargs="+",
-        type=int,
-        default=[1],
-        help="concurrent session calls, for the raw engine and the served model alike "
-        "(ALEXNET_INSTANCES); each value is measured (default: 1)",
+        type=calls_x_threads,
+        default=None,
+        metavar="NxT",
+        help="engine configurations to measure, for the raw engine and the served model "
+        "alike: N session calls at once (ALEXNET_INSTANCES) on a session of T intra-op "
+        "threads (ALEXNET_THREADS), e.g. 1x2 2x1 2x2 (default: 1x--threads)",
     )
     p.add_argument(
         "--spinning",
@@ -177,18 +179,18 @@ def main(args: argparse.Namespace) -> dict:
     for arch in args.archs if needs_model else []:
         model = f"{models.name_of(arch)}:1"
         for precision in args.precisions:  # the engine, then the service, per precision
-            for instances in args.instances:
+            for instances, threads in args.calls or [(1, args.threads)]:
                 if "engine" in args.only:
-                    log.info("raw engine, %s %s, %d x %d threads", arch, precision, instances,
-                             per_call(args, instances))  # fmt: skip
+                    log.info("raw engine, %s %s, %d x %d", arch, precision, instances, threads)
                     rows = throughput.engine(store, model, precision, pixels, args.batches,
-                                             per_call(args, instances), args.min_seconds,
+                                             threads, args.min_seconds,
                                              spinning=args.spinning == "on",
                                              instances=instances)  # fmt: skip
                     results["engine"] += [{"arch": arch, **r} for r in rows]
                 if "service" in args.only:
                     results["service"] += service(args, store, arch, precision, jpegs,
-                                                  results["decode"], instances)  # fmt: skip
+                                                  results["decode"], instances,
+                                                  threads)  # fmt: skip
     if "naive" in args.only:
         results["naive"] = {}
         for size, js in jpegs.items():
@@ -213,17 +215,22 @@ def finish(args: argparse.Namespace, results: dict) -> dict:
     return results
 
 
-def per_call(args: argparse.Namespace, instances: int) -> int:
-    """Intra-op threads of each of `instances` concurrent calls on --threads cores."""
-    return max(1, args.threads // instances)
+def calls_x_threads(text: str) -> tuple[int, int]:
+    """'2x1' -> (2, 1): session calls at once x the session's intra-op threads."""
+    try:
+        calls, threads = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NxT (e.g. 2x1)") from None
+    if calls < 1 or threads < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: both numbers must be at least 1")
+    return calls, threads
 
 
 def service(args: argparse.Namespace, store: Path, arch: str, precision: str, jpegs: dict,
-            decode: dict, instances: int = 1) -> list[dict]:  # fmt: skip
+            decode: dict, instances: int = 1, threads: int = 2) -> list[dict]:  # fmt: skip
     """POST /predict with 1, 4, 16 concurrent clients, one JPEG per request, and the server's
     CPU time per image: its process's, its onnxruntime session's, and the rest (the
     service's own work); the ceiling those CPU times allow on this machine's cores."""
-    threads = per_call(args, instances)
     env = {"precision": precision, "threads": str(threads), "device": "cpu",
            "model": models.name_of(arch), "spinning": args.spinning,
            "instances": str(instances)}  # fmt: skip
