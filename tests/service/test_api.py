@@ -25,6 +25,19 @@ def _predict(url: str, images: list[bytes], **params) -> httpx.Response:
     return httpx.post(f"{url}/predict", files=files, params=params, timeout=60)
 
 
+def _assert_same_predictions(expected: list[dict], got: list[dict]) -> None:
+    """Result by result: the same classes in the same order, with the same probabilities."""
+    for one, other in zip(expected, got, strict=True):
+        mine, theirs = one["predictions"], other["predictions"]
+        assert [p["index"] for p in mine] == [p["index"] for p in theirs]
+        np.testing.assert_allclose(
+            [p["probability"] for p in mine],
+            [p["probability"] for p in theirs],
+            rtol=1e-4,
+            atol=1e-6,
+        )
+
+
 def test_top5_is_the_engines_own_output(server: str, exported: Path, sample_images) -> None:
     engine = load_model(exported.parent.parent, "tiny", precision="fp32", device="cpu")
     for _, data in sample_images[:3]:
@@ -58,16 +71,7 @@ def test_batched_and_concurrent_requests_answer_like_single_ones(
             pool.map(lambda d: _predict(server, [d], top_k=3).json()["results"][0], datas * 2)
         )
     for got in (batched, concurrent[:4], concurrent[4:]):
-        for one, other in zip(singles, got, strict=True):
-            assert [p["index"] for p in one["predictions"]] == [
-                p["index"] for p in other["predictions"]
-            ]
-            np.testing.assert_allclose(
-                [p["probability"] for p in one["predictions"]],
-                [p["probability"] for p in other["predictions"]],
-                rtol=1e-4,
-                atol=1e-6,
-            )
+        _assert_same_predictions(singles, got)
     assert "embedding" not in singles[0]
 
 
@@ -86,15 +90,7 @@ def test_two_engine_instances_answer_concurrent_requests_like_one(
         metrics = httpx.get(f"{running.url}/metrics").text
     assert "2 engine call(s) at once, up to 1 images each" in log.read_text()
     assert [r.status_code for r in got] == [200] * 8
-    for one, other in zip(singles * 2, [r.json()["results"][0] for r in got], strict=True):
-        mine, theirs = one["predictions"], other["predictions"]
-        assert [p["index"] for p in mine] == [p["index"] for p in theirs]
-        np.testing.assert_allclose(
-            [p["probability"] for p in mine],
-            [p["probability"] for p in theirs],
-            rtol=1e-4,
-            atol=1e-6,
-        )
+    _assert_same_predictions(singles * 2, [r.json()["results"][0] for r in got])
     calls = re.search(r"^alexnet_batch_images_count(?:\{[^}]*\})? (\S+)$", metrics, re.M)
     assert calls and float(calls.group(1)) >= 8, metrics[:2000]
 

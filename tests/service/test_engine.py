@@ -38,27 +38,36 @@ def _images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 256, 256, 3), dtype=np.uint8)
 
 
-def test_concurrent_requests_share_a_call_and_get_their_own_rows(loaded) -> None:
-    batches: list[int] = []
-    requests = [_images(n, seed) for seed, n in enumerate([1, 2, 1, 3])]
+def _infer_together(engine: Engine, requests: list[np.ndarray]) -> list:
+    """Start `engine`, submit every request at once, stop it; the answers in order."""
 
     async def scenario():
-        engine = Engine(
-            loaded, max_batch=8, max_wait_ms=200, on_batch=lambda n, _: batches.append(n)
-        )
         await engine.start()
         try:
             return await asyncio.gather(*(engine.infer(r) for r in requests))
         finally:
             await engine.stop()
 
-    answers = asyncio.run(scenario())
-    assert batches == [7]  # all four requests in one session call
+    return asyncio.run(scenario())
+
+
+def _assert_answers_as_alone(loaded, requests: list[np.ndarray], answers: list) -> None:
+    """Each request got the rows one unbatched session call gives for its images."""
     for images, (probs, fc7) in zip(requests, answers, strict=True):
         ref_probs, ref_fc7 = Engine(loaded).run(images)
         assert probs.shape == (len(images), 4) and fc7.shape == (len(images), 4096)
         np.testing.assert_allclose(probs, ref_probs, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(fc7, ref_fc7, rtol=1e-4, atol=1e-5)
+
+
+def test_concurrent_requests_share_a_call_and_get_their_own_rows(loaded) -> None:
+    batches: list[int] = []
+    requests = [_images(n, seed) for seed, n in enumerate([1, 2, 1, 3])]
+
+    engine = Engine(loaded, max_batch=8, max_wait_ms=200, on_batch=lambda n, _: batches.append(n))
+    answers = _infer_together(engine, requests)
+    assert batches == [7]  # all four requests in one session call
+    _assert_answers_as_alone(loaded, requests, answers)
 
 
 def test_requests_are_never_split_and_large_ones_run_alone(loaded) -> None:
@@ -147,25 +156,14 @@ def test_instances_is_how_many_session_calls_run_at_once(loaded, instances: int)
     timed = TimedSession(loaded.session)
     requests = [_images(1, seed) for seed in range(4)]
 
-    async def scenario():
-        engine = Engine(dataclasses.replace(loaded, session=timed), max_batch=1,
-                        instances=instances)  # fmt: skip
-        await engine.start()
-        try:
-            return await asyncio.gather(*(engine.infer(r) for r in requests))
-        finally:
-            await engine.stop()
-
-    answers = asyncio.run(scenario())
+    engine = Engine(dataclasses.replace(loaded, session=timed), max_batch=1, instances=instances)
+    answers = _infer_together(engine, requests)
     assert len(timed.spans) == 4
     # most calls running at any moment, from the calls' own start and end times
     events = sorted([(s, 1) for s, _ in timed.spans] + [(e, -1) for _, e in timed.spans])
     running = np.cumsum([step for _, step in events])
     assert running.max() == instances
-    for images, (probs, fc7) in zip(requests, answers, strict=True):
-        ref_probs, ref_fc7 = Engine(loaded).run(images)
-        np.testing.assert_allclose(probs, ref_probs, rtol=1e-5, atol=1e-7)
-        np.testing.assert_allclose(fc7, ref_fc7, rtol=1e-4, atol=1e-5)
+    _assert_answers_as_alone(loaded, requests, answers)
 
 
 def test_stop_answers_the_calls_in_flight_and_retire_waits_for_them(loaded) -> None:
