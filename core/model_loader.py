@@ -85,7 +85,8 @@ def why_not_cuda(device: str) -> str:
     return f"no CUDA GPU: {why}" if not gpus else ""
 
 
-def _providers(device: str) -> list:
+def providers(device: str) -> list:
+    """onnxruntime's providers for `device` ("auto", "cuda", "cpu"): CUDA first where it runs."""
     cpu = "CPUExecutionProvider"
     if why_not_cuda(device):
         # asking onnxruntime-gpu for CUDA without a GPU prints an error before it falls back
@@ -106,7 +107,7 @@ def _create(
 ) -> ort.InferenceSession:
     try:
         return ort.InferenceSession(
-            str(path), session_options(threads, spinning), providers=_providers(device)
+            str(path), session_options(threads, spinning), providers=providers(device)
         )
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ModelLoadError(f"onnxruntime cannot load {path}: {e}") from None

@@ -19,8 +19,11 @@ sha256, in its manifest; the same input (uint8 images) and outputs (float32 prob
   passes 996 times in 1000 (99%: 948), one at 93% fails 999 times in 1000. Too few
   held-out images refuse even a file that never disagrees (under 52 at the defaults): the
   message says so.
-- fp16: every float tensor in half precision except the input cast (onnxconverter-common,
-  keep_io_types), for CUDA; its agreement with fp32 is measured the same way on CPU.
+- fp16: every float tensor in half precision (onnxconverter-common, keep_io_types), for
+  CUDA, except the input cast and each square with the nodes that read it
+  (`float32_squares`: the paper LRN's x * x overflows float16). Its agreement with fp32 is
+  measured the same way, on CUDA where there is a GPU: onnxruntime's CPU provider computes
+  float16 layers in float32, so only a GPU shows what float16 arithmetic does.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from tqdm import tqdm
 from core import constants as C
 from core import store
 from core.imaging import find_images, load_256
-from core.model_loader import check_file, session_options
+from core.model_loader import check_file, providers, session_options
 
 log = logging.getLogger(__name__)
 
@@ -76,16 +79,15 @@ class _Batches(CalibrationDataReader):
         return None if batch is None else {C.INPUT_NAME: batch}
 
 
-def run_probs(path: Path, images: np.ndarray, threads: int | None = None) -> np.ndarray:
-    session = ort.InferenceSession(
-        str(path), session_options(threads), providers=["CPUExecutionProvider"]
-    )
-    return np.concatenate(
-        [
-            session.run(["probs"], {C.INPUT_NAME: images[i : i + 8]})[0]
-            for i in range(0, len(images), 8)
-        ]
-    )
+def run_probs(path: Path, images: np.ndarray, threads: int | None = None,
+              device: str = "cpu") -> tuple[np.ndarray, str]:  # fmt: skip
+    """(N, K) probs of `images` by the file at `path`, and the provider that computed them.
+
+    device: "cpu", or "auto" for CUDA where onnxruntime and the driver have it."""
+    session = ort.InferenceSession(str(path), session_options(threads), providers=providers(device))
+    probs = [session.run(["probs"], {C.INPUT_NAME: images[i : i + 8]})[0]
+             for i in range(0, len(images), 8)]  # fmt: skip
+    return np.concatenate(probs), session.get_providers()[0]
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
@@ -176,20 +178,46 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
         )  # fmt: skip
 
 
+def float32_squares(graph: onnx.GraphProto) -> list[str]:
+    """The nodes that square a tensor (Mul of it by itself) and the nodes that read a square.
+
+    float16 holds up to 65504, so a square is inf once |x| > 255.9. The paper's LRN squares
+    the activations of conv1 and conv2, and its constants (alpha 1e-4, k 2) make the
+    window sum matter only when it reaches the tens of thousands, so a trained network has
+    such activations. In float16 the window sum is then inf and the LRN's factor
+    sqrt(sqrt(t)) / t is inf / inf: NaN in every probability (seen on an H200 with conv1's
+    activations up to 460). In float32 the square and its window sum k + alpha * sum,
+    which float16 holds up to |x| of about 11,000, cost two casts. Unnamed nodes get a name.
+    """
+    squares = {n.output[0] for n in graph.node
+               if n.op_type == "Mul" and n.input[0] == n.input[-1]}  # fmt: skip
+    kept = [n for n in graph.node if n.output[0] in squares or squares & set(n.input)]
+    for i, node in enumerate(kept):
+        node.name = node.name or f"float32_square_{i}"
+    return [n.name for n in kept]
+
+
 def convert_fp16(fp32: Path, out: Path) -> None:
     """Write the fp16 copy of `fp32`; float16's range limits are reported in one log line.
 
-    onnxconverter-common warns once per weight tensor holding a value that float16 cannot
-    hold (below 1e-7 in magnitude: rounded to +-1e-7; above 65504: clipped), dozens of
-    warnings for a trained AlexNet. What they say together is one fact about the copy."""
+    The input's uint8 -> float Cast and `float32_squares` stay float32. onnxconverter-common
+    warns once per weight tensor holding a value that float16 cannot hold (below 1e-7 in
+    magnitude: rounded to +-1e-7; above 65504: clipped), dozens of warnings for a trained
+    AlexNet. What they say together is one fact about the copy."""
     from onnxconverter_common import float16
 
+    model = onnx.load(str(fp32))
+    # by name: "Cast" as an op type would also match the casts the converter inserts around
+    # the nodes it keeps, and it would insert casts around those without end
+    kept = [n.name for n in model.graph.node if n.op_type == "Cast"]
+    kept += float32_squares(model.graph)
     with warnings.catch_warnings(record=True) as caught:
         warnings.filterwarnings("always", "the float32 number", UserWarning)
         model = float16.convert_float_to_float16(
-            onnx.load(str(fp32)),
+            model,
             keep_io_types=True,  # uint8 in, float32 out, as the contract says
-            op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, "Cast"],  # the uint8 -> float cast stays
+            op_block_list=float16.DEFAULT_OP_BLOCK_LIST,
+            node_block_list=kept,
         )
     for w in caught:
         if not str(w.message).startswith("the float32 number"):
@@ -254,7 +282,7 @@ def quantize(
     n_held = max(2, int(round(len(batch) * held_out)))
     calibration, held = batch[:-n_held], batch[-n_held:]
     log.info("calibration: %d images, held out: %d", len(calibration), len(held))
-    reference = run_probs(fp32, held)
+    reference, _ = run_probs(fp32, held)
     for precision in todo:
         with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
             out = Path(tmp) / C.MODEL_FILES[precision]
@@ -263,16 +291,22 @@ def quantize(
                 quantize_int8(fp32, out, calibration)
             else:
                 convert_fp16(fp32, out)
-            details = agreement(reference, run_probs(out, held))
+            # fp16 runs on CUDA where there is a GPU (the CPU provider computes it in float32)
+            device = "auto" if precision == "fp16" else "cpu"
+            probs, measured_on = run_probs(out, held, device=device)
+            details = agreement(reference, probs)
+            details["measured_on"] = measured_on
             agree = round(details["top1_agreement"] * len(held))
             details["top1_agreement_lower_bound"] = wilson_lower_bound(agree, len(held),
                                                                        confidence)  # fmt: skip
             details["confidence"] = confidence
             log.info(
                 "%s vs fp32 on %d held-out images: top-1 agreement %.1f%% (%.0f%% lower bound "
-                "%.1f%%), top-5 overlap %.1f%%", precision, len(held),
+                "%.1f%%), top-5 overlap %.1f%%; %s ran it%s", precision, len(held),
                 100 * details["top1_agreement"], 100 * confidence,
                 100 * details["top1_agreement_lower_bound"], 100 * details["top5_overlap"],
+                measured_on, " (float16 layers computed in float32 there)"
+                if precision == "fp16" and measured_on == "CPUExecutionProvider" else "",
             )  # fmt: skip
             if precision == "int8":
                 check_agreement(details, min_agreement, confidence)

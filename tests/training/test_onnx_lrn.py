@@ -146,3 +146,67 @@ def test_the_paper_int8_graph_follows_fp32(
     decided = (top2[:, 1] - top2[:, 0]) > 2 * np.abs(probs8 - probs32).max(axis=1)
     assert decided.sum() >= len(decided) // 2, "too few decided images for a check"
     assert (probs8.argmax(1) == probs32.argmax(1))[decided].all(), details
+
+
+def test_the_fp16_copy_squares_in_float32_where_float16_would_overflow(tmp_path: Path) -> None:
+    """float16 holds up to 65504: the LRN's x * x overflows once |x| > 256, and the layer's
+    factor is then inf / inf (NaN), as an H200 showed. onnx's reference evaluator computes
+    each node in the type the graph gives it, as CUDA does; onnxruntime's CPU provider
+    would compute these float16 layers in float32 and hide the overflow."""
+    from onnx.reference import ReferenceEvaluator
+    from onnxconverter_common import float16
+
+    from training.quantize import convert_fp16
+
+    lrn = ChannelWindowLRN(LocalResponseNorm(), 96).eval()
+    a = torch.randn(1, 96, 13, 13, generator=torch.Generator().manual_seed(0)).relu() * 150
+    assert a.max() > 300  # a trained conv1's activations reach this
+    fp32 = tmp_path / "lrn.onnx"
+    torch.onnx.export(lrn, (a,), str(fp32), input_names=["a"], output_names=["b"],
+                      opset_version=18, dynamo=True, external_data=False)  # fmt: skip
+    with torch.no_grad():
+        expected = lrn(a).numpy()
+
+    def run(model: onnx.ModelProto) -> np.ndarray:
+        return ReferenceEvaluator(model).run(None, {"a": a.numpy()})[0]
+
+    plain = float16.convert_float_to_float16(onnx.load(str(fp32)), keep_io_types=True)
+    assert np.isnan(run(plain)).any()  # what every float16 tensor gives
+    convert_fp16(fp32, tmp_path / "lrn.fp16.onnx")
+    ours = run(onnx.load(str(tmp_path / "lrn.fp16.onnx")))
+    assert np.isfinite(ours).all()
+    np.testing.assert_allclose(ours, expected, rtol=2e-3, atol=2e-2)  # float16's precision
+
+
+def test_the_paper_fp16_graph_keeps_both_lrn_squares_in_float32(
+    paper_version: tuple[Path, Path], synth_root: Path, tmp_path: Path
+) -> None:
+    from training.quantize import convert_fp16
+
+    _, folder = paper_version
+    convert_fp16(folder / "model.onnx", tmp_path / "model.fp16.onnx")
+    graph = onnx.load(str(tmp_path / "model.fp16.onnx")).graph
+    made_by = {out: n for n in graph.node for out in n.output}
+    read_by = {name: [n for n in graph.node if name in n.input] for name in made_by}
+    to = lambda n: next(a.i for a in n.attribute if a.name == "to")  # noqa: E731
+    # x * x, each factor cast to float32 from the same float16 activations
+    squares = [n for n in graph.node if n.op_type == "Mul"
+               and all(made_by[i].op_type == "Cast" for i in n.input)
+               and len({made_by[i].input[0] for i in n.input}) == 1]  # fmt: skip
+    assert len(squares) == 2  # LRN1 and LRN2
+    for square in squares:
+        assert all(to(made_by[i]) == onnx.TensorProto.FLOAT for i in square.input)
+        (window,) = read_by[square.output[0]]
+        assert window.op_type == "Conv"
+        (back,) = read_by[window.output[0]]
+        assert back.op_type == "Cast" and to(back) == onnx.TensorProto.FLOAT16
+    # the rest is float16: conv1..conv5 and the classifier read float16 weights
+    weights = {i.name: i.data_type for i in graph.initializer}
+    convs = [n for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    half = [n for n in convs if weights.get(n.input[1]) == onnx.TensorProto.FLOAT16]
+    assert len(half) >= 5 + 2  # conv1..conv5, fc6, fc7 (fc8 too)
+    images = val_images(synth_root)
+    runs = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+                None, {"images": images})[0]
+            for path in (folder / "model.onnx", tmp_path / "model.fp16.onnx")]  # fmt: skip
+    assert agreement(*runs)["top1_agreement"] == 1.0

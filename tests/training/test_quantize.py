@@ -45,6 +45,8 @@ def test_int8_and_fp16_are_listed_with_their_checksums_and_agreement(quantized: 
     assert 0 <= int8["top1_agreement"] <= 1
     assert m.files["int8"].bytes < m.files["fp32"].bytes / 3  # int8 weights
     assert m.files["fp16"].bytes < m.files["fp32"].bytes * 0.6
+    # which provider measured each agreement: fp16 asks for CUDA, and this machine has no GPU
+    assert {m.files[p].details["measured_on"] for p in ("int8", "fp16")} == {"CPUExecutionProvider"}
 
 
 def test_int8_folds_each_relu_into_the_layer_before_it(quantized: Path, tmp_path: Path) -> None:
