@@ -5,6 +5,14 @@ engine and the service. Each part prints a table and writes OUT/gpu-PART.json.
     python -m bench.gpu decode --batches 1 16 64 256
     python -m bench.gpu engine --store STORE --model NAME:1 --precisions fp32 fp16
     python -m bench.gpu service --store STORE --model NAME --precision fp16 --clients 1 4 16 64
+    python -m bench.gpu fp16 --store STORE --model NAME:1
+
+`fp16` checks float16 arithmetic where it really happens (on CUDA; onnxruntime's CPU
+provider computes float16 layers in float32): the paper's LRN alone at growing activations,
+then the model as trained and with conv1 scaled 8x (activations of an ImageNet-trained
+network's size), each converted by `training.quantize.convert_fp16` and, for comparison,
+by onnxconverter-common with no node kept in float32 ("plain"): NaNs, top-1 agreement
+with fp32 on the same provider, and images/s at the first of --batches (default 64).
 
 `train-steps` runs `training.train.train_one_epoch`, the real step (augmentation on the
 device, bf16 autocast, channels_last, the optimizer), on batches already in GPU memory: the
@@ -25,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger("bench.gpu")
-PARTS = ("train-steps", "decode", "engine", "service")
+PARTS = ("train-steps", "decode", "engine", "service", "fp16")
 
 
 def device_name(device: str) -> str:
@@ -132,8 +140,10 @@ def engine(store: Path, model: str, precisions: list[str], batches: list[int], d
 
 
 def service(store: Path, model: str, precision: str, clients: list[int], requests: int,
-            device: str, work: Path) -> list[dict]:  # fmt: skip
-    """`alexnet serve` on `device`, POST /predict from `clients` threads of this process."""
+            device: str, work: Path, instances: list[int]) -> list[dict]:  # fmt: skip
+    """`alexnet serve` on `device`, POST /predict from `clients` threads of this process.
+
+    One server per entry of `instances` (ALEXNET_INSTANCES: session calls at once)."""
     from alexnet.local_server import serve
     from bench import photos, throughput
 
@@ -141,26 +151,110 @@ def service(store: Path, model: str, precision: str, clients: list[int], request
     gallery = work / "gallery-empty"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    env = {"precision": precision, "device": device, "model": model}
-    with serve(store, gallery, log=work / "server.log", timeout=600, **env) as server:
-        for n in clients:
-            row = throughput.load(server.url, "/predict", jpegs, n, max(requests, 8 * n),
-                                  counters=lambda: throughput.server_cpu(server.url))  # fmt: skip
-            counted = row.pop("counted")
-            row["batch_mean"] = counted["batched"] / max(counted["calls"], 1)
-            row["process_cpu_ms_per_image"] = 1000 * counted["process"] / max(row["n"], 1)
-            rows.append({"precision": precision, "size": "500x375", **row})
-            log.info("service %s", rows[-1])
+    for calls in instances:
+        env = {"precision": precision, "device": device, "model": model, "instances": str(calls)}
+        with serve(store, gallery, log=work / "server.log", timeout=600, **env) as server:
+            for n in clients:
+                count = lambda: throughput.server_cpu(server.url)  # noqa: E731
+                row = throughput.load(server.url, "/predict", jpegs, n, max(requests, 8 * n),
+                                      counters=count)  # fmt: skip
+                counted = row.pop("counted")
+                row["batch_mean"] = counted["batched"] / max(counted["calls"], 1)
+                row["process_cpu_ms_per_image"] = 1000 * counted["process"] / max(row["n"], 1)
+                rows.append({"precision": precision, "instances": calls, "size": "500x375", **row})
+                log.info("service %s", rows[-1])
+    return rows
+
+
+def fp16(store: Path, model: str, device: str, work: Path, min_seconds: float,
+         batch_size: int) -> list[dict]:  # fmt: skip
+    """float16 against float32 on `device`: the paper's LRN alone, then `model` (see above)."""
+    import onnx
+    import onnxruntime as ort
+    import torch
+    from onnx import numpy_helper
+    from onnxconverter_common import float16
+
+    from bench import photos
+    from core import store as model_store
+    from core.imaging import load_256
+    from core.model_loader import providers
+    from training.model import LocalResponseNorm
+    from training.onnx_lrn import ChannelWindowLRN
+    from training.quantize import convert_fp16
+
+    work.mkdir(parents=True, exist_ok=True)
+
+    def session(path: Path) -> ort.InferenceSession:
+        return ort.InferenceSession(str(path), providers=providers(device))
+
+    def both(src: Path) -> dict[str, Path]:
+        """src's float16 copies: the project's, and onnxconverter-common's plain one (every
+        float tensor in float16: the project's conversion before `float32_squares`)."""
+        # the input's uint8 -> float Cast stays float32, as in ours
+        plain = float16.convert_float_to_float16(
+            onnx.load(str(src)), keep_io_types=True,
+            op_block_list=[*float16.DEFAULT_OP_BLOCK_LIST, "Cast"])  # fmt: skip
+        onnx.save(plain, str(work / f"{src.stem}.plain.onnx"))
+        convert_fp16(src, work / f"{src.stem}.ours.onnx")
+        return {"plain": work / f"{src.stem}.plain.onnx", "ours": work / f"{src.stem}.ours.onnx"}
+
+    rows = []
+    lrn = ChannelWindowLRN(LocalResponseNorm(), 96).eval()  # LRN1: 96 channels of 55x55
+    example = torch.zeros(1, 96, 55, 55)
+    torch.onnx.export(lrn, (example,), str(work / "lrn.onnx"), input_names=["a"],
+                      output_names=["b"], opset_version=18, dynamo=True,
+                      external_data=False)  # fmt: skip
+    lrn_files, reference = both(work / "lrn.onnx"), session(work / "lrn.onnx")
+    rng = np.random.default_rng(0)
+    for scale in (25, 50, 100, 200, 400):
+        a = (np.maximum(rng.standard_normal((1, 96, 55, 55)), 0) * scale).astype(np.float32)
+        expected = reference.run(None, {"a": a})[0]
+        for name, path in lrn_files.items():
+            b = session(path).run(None, {"a": a})[0]
+            rows.append({"graph": "LRN1", "x_max": float(a.max()), "file": name,
+                         "nan": int(np.isnan(b).sum()),
+                         "max_error": float(np.nanmax(abs(b - expected), initial=0))})  # fmt: skip
+            log.info("fp16 %s", rows[-1])
+    images = np.stack([load_256(j) for j in photos.photo_jpegs("500x375", count=16)])
+    batch = np.resize(images, (batch_size, *images.shape[1:]))
+    fp32 = model_store.resolve(store, model) / "model.onnx"
+    for factor in (1, 8):
+        src = fp32
+        if factor != 1:  # conv1's weights and bias times `factor`
+            m = onnx.load(str(fp32))
+            conv1 = next(n for n in m.graph.node if n.op_type == "Conv")
+            for init in m.graph.initializer:
+                if init.name in conv1.input[1:]:
+                    scaled = numpy_helper.to_array(init) * np.float32(factor)
+                    init.CopyFrom(numpy_helper.from_array(scaled, init.name))
+            src = work / f"conv1x{factor}.onnx"
+            onnx.save(m, str(src))
+        expected = session(src).run(["probs"], {"images": images})[0]
+        for name, path in both(src).items():
+            s = session(path)
+            probs = s.run(["probs"], {"images": images})[0]
+            s.run(None, {"images": batch})
+            n, start = 0, time.perf_counter()
+            while time.perf_counter() - start < min_seconds:
+                s.run(None, {"images": batch})
+                n += len(batch)
+            rows.append({"graph": f"{model} conv1 x{factor}", "file": name,
+                         "nan": int(np.isnan(probs).sum()),
+                         "top1_agreement": float((probs.argmax(1) == expected.argmax(1)).mean()),
+                         "batch": batch_size, "images_per_s": n / (time.perf_counter() - start),
+                         "provider": s.get_providers()[0]})  # fmt: skip
+            log.info("fp16 %s", rows[-1])
     return rows
 
 
 def table(rows: list[dict]) -> str:
     if not rows:
         return "(no rows)"
-    keys = [k for k in rows[0] if k not in ("providers",)]
-    fmt = lambda v: f"{v:.1f}" if isinstance(v, float) else str(v)  # noqa: E731
+    keys = list(dict.fromkeys(k for r in rows for k in r if k != "providers"))
+    fmt = lambda v: (f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}") if isinstance(v, float) else str(v)  # noqa: E731
     lines = [" | ".join(keys), " | ".join("---" for _ in keys)]
-    lines += [" | ".join(fmt(r.get(k)) for k in keys) for r in rows]
+    lines += [" | ".join(fmt(r.get(k, "")) for k in keys) for r in rows]
     return "\n".join(lines)
 
 
@@ -179,6 +273,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="fp16", help="service: the served file")
     p.add_argument("--clients", nargs="+", type=int, default=[1, 4, 16, 64])
     p.add_argument("--requests", type=int, default=256)
+    p.add_argument("--instances", nargs="+", type=int, default=[1],
+                   help="service: ALEXNET_INSTANCES, one server each (default: 1)")  # fmt: skip
     p.add_argument("--min-seconds", type=float, default=3.0)
     p.add_argument("--work", type=Path, default=Path("bench/work-gpu"))
     return p
@@ -193,9 +289,12 @@ def main(args: argparse.Namespace) -> list[dict]:
     elif args.part == "engine":
         rows = engine(args.store, args.model, args.precisions, args.batches or [1, 8, 32, 64],
                       args.device, args.min_seconds)  # fmt: skip
+    elif args.part == "fp16":
+        rows = fp16(args.store, args.model, args.device, args.work, args.min_seconds,
+                    (args.batches or [64])[0])  # fmt: skip
     else:
         rows = service(args.store, args.model, args.precision, args.clients, args.requests,
-                       args.device, args.work)  # fmt: skip
+                       args.device, args.work, args.instances)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"part": args.part, "device": device_name(args.device), "started": started,
               "cpus": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items()},

@@ -3,15 +3,18 @@
 #
 #   bench/gpu_check.sh train   # synth, `alexnet train` (paper, bn; bf16, channels_last),
 #                              # torchrun, the training step alone (bench.gpu train-steps),
-#                              # export + fp16 from the GPU checkpoints, nvJPEG decoding
+#                              # export from the GPU checkpoints, nvJPEG decoding
 #   bench/gpu_check.sh loader  # loader or GPU: folders vs JPEG vs raw shards, long epochs
-#   bench/gpu_check.sh serve   # onnxruntime-gpu on CUDA: the raw engine (fp32, fp16) and
-#                              # `alexnet serve` under load (bench.gpu engine / service)
+#   bench/gpu_check.sh serve   # onnxruntime-gpu on CUDA: fp16 files (their agreement with
+#                              # fp32 measured on CUDA), the raw engine (fp32, fp16) and
+#                              # `alexnet serve` under load, 1 and 2 engine instances; float16
+#                              # overflow checked on CUDA (bench.gpu fp16)
 #
 # Each step's output goes to GPU_WORK/logs/NAME.log and its time to logs/steps.txt; a failed
 # step is reported and the next one runs. Tables and JSON (bench.gpu) land in GPU_WORK/json;
 # everything is packed into OUT/gpu-STAGE.tgz (OUT default: bench/results-gpu).
-# `serve` expects onnxruntime-gpu and the service's dependencies importable (PYTHONPATH).
+# `serve` expects onnxruntime-gpu and the service's dependencies importable (PYTHONPATH);
+# `train` and `loader` the `train` extra's (pydantic, onnxconverter-common, webdataset).
 set -u
 stage=${1:?usage: bench/gpu_check.sh train|loader|serve}
 W=${GPU_WORK:-/tmp/gpu}
@@ -52,13 +55,9 @@ torchvision.__version__, torch.cuda.get_device_name(), torch.backends.cudnn.vers
         --steps "${GPU_STEPS:-30}" --out "$W/json"
     step export-bn "$PY" -m alexnet export "$W/run-bn/best.pt" --name gpu-bn \
         --store "$W/store" --data "$W/data"
-    step fp16-bn "$PY" -m alexnet quantize gpu-bn --store "$W/store" \
-        --calibration "$W/data/val" --precisions fp16 --images 80 --min-agreement 0
     step decode "$PY" -m bench.gpu decode --batches 1 16 64 256 --out "$W/json"
     step export-paper "$PY" -m alexnet export "$W/run-paper/best.pt" --name gpu-paper \
         --store "$W/store" --data "$W/data"
-    step fp16-paper "$PY" -m alexnet quantize gpu-paper --store "$W/store" \
-        --calibration "$W/data/val" --precisions fp16 --images 80 --min-agreement 0
 elif [ "$stage" = loader ]; then
     # Loader or GPU? The same images as folders, JPEG shards (decoded on the GPU) and raw
     # shards, each training image listed COPIES times so that an epoch is long enough to time.
@@ -66,7 +65,7 @@ elif [ "$stage" = loader ]; then
     for split in train val; do
         for class in "$W/data/$split"/*/; do
             mkdir -p "$W/big/$split/$(basename "$class")"
-            for k in $(seq "${GPU_COPIES:-8}"); do
+            for k in $(seq "${GPU_COPIES:-6}"); do
                 [ "$split" = val ] && [ "$k" -gt 1 ] && break
                 for f in "$class"*; do ln -s "$f" "$W/big/$split/$(basename "$class")/$k-$(basename "$f")"; done
             done
@@ -90,13 +89,25 @@ elif [ "$stage" = loader ]; then
 elif [ "$stage" = serve ]; then
     step providers "$PY" -c "import onnxruntime as o; print(o.__version__, o.__file__,
 o.get_available_providers())"
+    for arch in bn paper; do  # with onnxruntime-gpu the fp16 agreement is measured on CUDA
+        step "fp16-$arch" "$PY" -m alexnet quantize "gpu-$arch" --store "$W/store" \
+            --calibration "$W/data/val" --precisions fp16 --images 80 --min-agreement 0
+    done
+    for arch in paper bn; do  # float16 overflow: NaNs of both conversions (bench.gpu fp16)
+        step "fp16-check-$arch" "$PY" -m bench.gpu fp16 --store "$W/store" --model "gpu-$arch:1" \
+            --work "$W/fp16-$arch" --out "$W/json/$arch"
+    done
     for arch in bn paper; do
         step "engine-$arch" "$PY" -m bench.gpu engine --store "$W/store" --model "gpu-$arch:1" \
             --precisions fp32 fp16 --batches 1 8 32 64 --out "$W/json/$arch"
     done
     step service-bn "$PY" -m bench.gpu service --store "$W/store" --model gpu-bn \
-        --precision fp16 --clients 1 4 16 64 --requests 512 --work "$W/serve" --out "$W/json"
-    cp "$W/serve/server.log" "$W/logs/server.log" 2>/dev/null
+        --precision fp16 --clients 1 4 16 64 --instances 1 2 --requests 512 \
+        --work "$W/serve-bn" --out "$W/json/bn"
+    step service-paper "$PY" -m bench.gpu service --store "$W/store" --model gpu-paper \
+        --precision fp16 --clients 16 64 --instances 1 2 --requests 512 \
+        --work "$W/serve-paper" --out "$W/json/paper"
+    cat "$W"/serve-*/server.log >"$W/logs/server.log" 2>/dev/null
 else
     echo "unknown stage $stage (train, loader or serve)" >&2
     exit 2

@@ -40,8 +40,30 @@ def test_service_answers_every_request(tmp_path: Path, exported: Path) -> None:
     store, name = exported.parents[1], exported.parent.name
     record = run(tmp_path, "service", "--store", str(store), "--model", name,
                  "--precision", "fp32", "--clients", "2", "--requests", "6",
-                 "--work", str(tmp_path / "work"))  # fmt: skip
-    (row,) = record["rows"]
-    assert row["errors"] == 0 and row["n"] == 16  # max(requests, 8 x clients)
-    # counted by the server itself (its /metrics): images per engine call, its CPU per image
-    assert 1 <= row["batch_mean"] <= 2 and row["process_cpu_ms_per_image"] > 0
+                 "--instances", "1", "2", "--work", str(tmp_path / "work"))  # fmt: skip
+    rows = record["rows"]
+    assert [r["instances"] for r in rows] == [1, 2]  # one server per ALEXNET_INSTANCES
+    for row in rows:
+        assert row["errors"] == 0 and row["n"] == 16  # max(requests, 8 x clients)
+        # counted by the server itself (its /metrics): images per engine call, its CPU per image
+        assert 1 <= row["batch_mean"] <= 2 and row["process_cpu_ms_per_image"] > 0
+    log = (tmp_path / "work" / "server.log").read_text()
+    assert "1 engine call(s) at once" in log and "2 engine call(s) at once" in log
+
+
+def test_fp16_compares_both_conversions_on_the_lrn_and_the_model(
+    tmp_path: Path, exported: Path
+) -> None:
+    """On the CPU, onnxruntime computes float16 layers in float32, so neither file shows
+    the overflow here (the part exists for CUDA); what it measures still runs for real."""
+    store, name = exported.parents[1], exported.parent.name
+    record = run(tmp_path, "fp16", "--store", str(store), "--model", f"{name}:1", "--batches",
+                 "2", "--min-seconds", "0.1", "--work", str(tmp_path / "work"))  # fmt: skip
+    rows = record["rows"]
+    lrn = [r for r in rows if r["graph"] == "LRN1"]
+    assert len(lrn) == 10 and max(r["x_max"] for r in lrn) > 1000  # past float16's square limit
+    model = [r for r in rows if r["graph"] != "LRN1"]
+    expected = [(f"{name}:1 conv1 x{f}", file) for f in (1, 8) for file in ("plain", "ours")]
+    assert [(r["graph"], r["file"]) for r in model] == expected
+    assert all(r["nan"] == 0 and r["top1_agreement"] > 0.9 and r["images_per_s"] > 0
+               and r["provider"] == "CPUExecutionProvider" for r in model)  # fmt: skip
