@@ -27,7 +27,7 @@ from service.body_limit import BodyLimitMiddleware
 from service.config import Settings, check_model_choice
 from service.decode import ImageError
 from service.deps import AppState, NotReadyError
-from service.engine import OverloadedError
+from service.engine import NonFiniteOutputError, OverloadedError
 from service.gallery import GalleryModelChangedError, GalleryUnavailableError
 from service.model_switch import ModelSwitcher, open_served_gallery
 from service.observe import ObserveMiddleware
@@ -132,6 +132,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(ImageError)
     async def image_error(_: Request, e: ImageError) -> JSONResponse:
         return JSONResponse({"detail": e.detail}, status_code=e.status_code)
+
+    @app.exception_handler(NonFiniteOutputError)
+    async def non_finite(_: Request, e: NonFiniteOutputError) -> JSONResponse:
+        log.error("model error: %s", e)
+        return JSONResponse({"detail": f"model error: {e}"}, status_code=500)
 
     @app.exception_handler(OverloadedError)
     async def overloaded(_: Request, e: OverloadedError) -> JSONResponse:

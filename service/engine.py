@@ -6,7 +6,10 @@ every request with exactly its own rows of `probs` and `fc7`, in order. Concurre
 requests are concatenated into one session call of at most `max_batch` images (a request
 is never split; a request larger than `max_batch` runs alone), gathered for at most
 `max_wait_ms`. At most `max_queue` images wait; beyond that `infer` raises `OverloadedError`
-at once instead of letting the queue grow.
+at once instead of letting the queue grow. A request whose outputs are not all finite (NaN
+or infinity: the model's arithmetic overflowed) gets `NonFiniteOutputError` instead of
+its rows, so no NaN reaches a client or the gallery; the other requests of its call get
+theirs.
 
 Up to `instances` calls run at once (Triton's instance count), each in its own thread on
 the one session (onnxruntime's `run` is thread-safe): the next batch starts as soon as a
@@ -38,6 +41,24 @@ class OverloadedError(RuntimeError):
 class EngineRetiredError(OverloadedError):
     """The engine was replaced by another model's (`retire`): ask the app for the current one.
     A 503 with Retry-After if it reaches a client."""
+
+
+class NonFiniteOutputError(RuntimeError):
+    """The model gave NaN or infinite outputs for an image: a 500, and nothing is stored."""
+
+
+def _non_finite(loaded: LoadedModel, count: int, total: int) -> NonFiniteOutputError:
+    hint = (" (a float16 overflow: remake the file with `alexnet quantize`, or serve another "
+            "precision)" if loaded.precision == "fp16" else "")  # fmt: skip
+    return NonFiniteOutputError(
+        f"{loaded.id} ({loaded.precision}) gave NaN or infinite outputs for {count} of "
+        f"{total} image(s){hint}"
+    )
+
+
+def _finite_rows(probs: np.ndarray, fc7: np.ndarray) -> np.ndarray:
+    """(n,) bool: whether each image's probs and fc7 are all finite."""
+    return np.isfinite(probs).all(1) & np.isfinite(fc7).all(1)
 
 
 @dataclass
@@ -106,14 +127,21 @@ class Engine:
         return self._queued_images
 
     def run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One synchronous session call, no batching (tools and tests use it)."""
+        """One synchronous session call, no batching (tools and tests use it).
+
+        Raises:
+            NonFiniteOutputError: an image's outputs are not all finite.
+        """
         probs, fc7 = self.loaded.session.run(["probs", "fc7"], {"images": images})
+        finite = _finite_rows(probs, fc7)
+        if not finite.all():
+            raise _non_finite(self.loaded, int((~finite).sum()), len(images))
         return probs, fc7
 
     def _run_counted(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
-        """`run`, in an executor thread, and the CPU seconds of this thread since its last
-        call plus the intra-op pool's since any thread's last call."""
-        probs, fc7 = self.run(images)
+        """The session call, in an executor thread, and the CPU seconds of this thread since
+        its last call plus the intra-op pool's since any thread's last call."""
+        probs, fc7 = self.loaded.session.run(["probs", "fc7"], {"images": images})
         meter = getattr(self._thread, "meter", None)
         if meter is None:
             meter = self._thread.meter = CpuMeter()  # this thread's clock, from its start
@@ -219,10 +247,16 @@ class Engine:
             self.on_batch(len(images), time.perf_counter() - start)
         if self.on_cpu is not None:
             self.on_cpu(cpu)
+        finite = _finite_rows(probs, fc7)
         row = 0
         for req in batch:
             n = len(req.images)
-            if not req.future.done():  # a cancelled request (client gone) needs no answer
+            if req.future.done():  # a cancelled request (client gone) needs no answer
+                pass
+            elif not finite[row : row + n].all():
+                bad = int((~finite[row : row + n]).sum())
+                req.future.set_exception(_non_finite(self.loaded, bad, n))
+            else:
                 req.future.set_result((probs[row : row + n], fc7[row : row + n]))
             row += n
 

@@ -25,6 +25,8 @@ ERRORS = {
     413: "too large: an image's bytes or pixels, the number of images, the metadata, the body",
     415: "not an image, or not an accepted format",
     422: "an invalid request field, a truncated or corrupt image, or invalid metadata",
+    500: "the model gave NaN or infinite outputs for an image (its arithmetic overflowed); "
+    "nothing was stored",
     503: "the model or the gallery is not loaded yet, or the engine's queue is full",
 }
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}

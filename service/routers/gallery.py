@@ -88,7 +88,7 @@ def _parse_metadata(metadata: str | None, limit: int) -> dict:
     "/similar",
     response_model=SimilarResponse,
     tags=["similar"],
-    responses=error_responses(400, 413, 415, 422, 503),
+    responses=error_responses(400, 413, 415, 422, 500, 503),
 )
 async def similar(
     state: StateDep,
@@ -113,7 +113,7 @@ async def similar(
     status_code=201,
     response_model=AddResponse,
     dependencies=[ApiKeyDep],
-    responses=error_responses(400, 401, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 413, 415, 422, 500, 503),
 )
 async def add(
     state: StateDep,

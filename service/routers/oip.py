@@ -15,6 +15,7 @@ compressed body), 422 a corrupt image, 503 not ready or overloaded (with Retry-A
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from importlib import metadata
 from typing import Annotated, Any
@@ -28,7 +29,7 @@ from starlette.exceptions import HTTPException
 
 from service.decode import ImageError
 from service.deps import EngineDep, NotReadyError, SettingsDep, StateDep, current_engine
-from service.engine import OverloadedError
+from service.engine import NonFiniteOutputError, OverloadedError
 from service.oip import codec, model
 from service.oip.errors import ProtocolError
 from service.oip.messages import (
@@ -63,6 +64,9 @@ class ProtocolRoute(APIRoute):
                 return _error(e.status_code, e.detail)
             except OverloadedError as e:
                 return _error(503, f"overloaded: {e}", {"Retry-After": "1"})
+            except NonFiniteOutputError as e:
+                log.error("model error: %s", e)
+                return _error(500, f"model error: {e}")
             except NotReadyError as e:
                 return _error(503, f"not ready: {e}", {"Retry-After": "5"})
             except RequestValidationError as e:
@@ -72,6 +76,8 @@ class ProtocolRoute(APIRoute):
 
         return protocol_handler
 
+
+log = logging.getLogger("service")
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=ProtocolRoute)
 
@@ -83,6 +89,7 @@ ERRORS = {
     415: "an image_bytes element that is not an image or not an accepted format, or a "
     "compressed request body",
     422: "an image_bytes element that is truncated or corrupt",
+    500: "the model gave NaN or infinite outputs for an image (its arithmetic overflowed)",
     503: "no model loaded yet, or the engine's queue is full",
 }
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}}
@@ -244,7 +251,7 @@ INFER_RESPONSES = {
             }
         },
     }
-} | errors(400, 404, 413, 415, 422, 503)
+} | errors(400, 404, 413, 415, 422, 500, 503)
 
 
 async def _infer(

@@ -25,7 +25,7 @@ def top_k(probs: np.ndarray, labels: list[str], k: int) -> list[Prediction]:
     "/predict",
     response_model=PredictResponse,
     response_model_exclude_none=True,
-    responses=error_responses(400, 413, 415, 422, 503),
+    responses=error_responses(400, 413, 415, 422, 500, 503),
 )
 async def predict(
     state: StateDep,

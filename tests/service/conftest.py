@@ -69,3 +69,58 @@ def settled_readiness(url: str, timeout: float = 60) -> httpx.Response:
         if settled or time.monotonic() > deadline:
             return r
         time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def overflowing_store(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store whose tiny:1 follows the contract but gives NaN for dark images (mean pixel
+    below 100: probs and fc7 come from sqrt(mean - 100)), as an overflowing model does for
+    some inputs; bright images get finite outputs. A real ONNX graph, run by onnxruntime."""
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from core import store
+    from core.durable import write_json_atomic
+
+    root = tmp_path_factory.mktemp("overflowing") / "store"
+    shutil.copytree(exported.parent.parent, root)
+    folder = root / "tiny" / "1"
+    manifest = store.read_manifest(folder)
+    k = manifest.num_classes
+    consts = {
+        "axes": np.array([1, 2, 3], np.int64), "flat": np.array([-1, 1], np.int64),
+        "hundred": np.array(100, np.float32), "zero": np.array(0, np.float32),
+        "ramp": np.arange(k, dtype=np.float32)[None], "fc7_zeros": np.zeros((1, 4096), np.float32),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x", "axes"], ["mean4"], keepdims=1),
+        helper.make_node("Reshape", ["mean4", "flat"], ["mean"]),
+        helper.make_node("Sub", ["mean", "hundred"], ["shifted"]),
+        helper.make_node("Sqrt", ["shifted"], ["root"]),  # NaN below 100
+        helper.make_node("Mul", ["root", "zero"], ["nan_or_zero"]),
+        helper.make_node("Add", ["nan_or_zero", "ramp"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        helper.make_node("Add", ["root", "fc7_zeros"], ["fc7"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "overflowing",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 256, 256, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", k]),
+         helper.make_tensor_value_info("fc7", TensorProto.FLOAT, ["N", 4096])],
+        [numpy_helper.from_array(v, name) for name, v in consts.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.save(model, str(folder / "model.onnx"))
+    digest = store.sha256_file(folder / "model.onnx")
+    fp32 = manifest.files["fp32"].model_copy(
+        update={"sha256": digest, "bytes": (folder / "model.onnx").stat().st_size}
+    )
+    manifest = manifest.model_copy(update={"sha256": digest, "files": {"fp32": fp32}})
+    for other in ("model.int8.onnx", "model.fp16.onnx"):
+        (folder / other).unlink(missing_ok=True)
+    write_json_atomic(folder / store.MANIFEST, manifest.model_dump())
+    return root

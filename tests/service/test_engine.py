@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from core.model_loader import load_model
-from service.engine import Engine, OverloadedError
+from service.engine import Engine, NonFiniteOutputError, OverloadedError
 
 
 @pytest.fixture(scope="module")
@@ -192,3 +192,28 @@ def test_stop_answers_the_calls_in_flight_and_retire_waits_for_them(loaded) -> N
 def test_instances_must_be_positive(loaded) -> None:
     with pytest.raises(ValueError, match="instances must be at least 1"):
         Engine(loaded, instances=0)
+
+
+def test_an_image_with_non_finite_outputs_is_refused_and_the_others_are_answered(
+    overflowing_store: Path,
+) -> None:
+    overflowing = load_model(overflowing_store, "tiny", precision="fp32", device="cpu")
+    bright, dark = np.full((1, 256, 256, 3), 200, np.uint8), np.full((1, 256, 256, 3), 20, np.uint8)
+    engine = Engine(overflowing, max_batch=8, max_wait_ms=200)
+
+    async def scenario():
+        await engine.start()
+        try:  # one call: the three requests wait together
+            return await asyncio.gather(*(engine.infer(r) for r in (bright, dark, bright)),
+                                        return_exceptions=True)  # fmt: skip
+        finally:
+            await engine.stop()
+
+    first, refused, last = asyncio.run(scenario())
+    assert isinstance(refused, NonFiniteOutputError)
+    assert "tiny:1 (fp32) gave NaN or infinite outputs for 1 of 1 image(s)" in str(refused)
+    for probs, fc7 in (first, last):
+        assert np.isfinite(probs).all() and np.isfinite(fc7).all()
+        np.testing.assert_allclose(fc7, 10.0)  # sqrt(200 - 100)
+    with pytest.raises(NonFiniteOutputError, match="for 1 of 2 image"):  # tools: `run`
+        engine.run(np.concatenate([bright, dark]))
