@@ -15,7 +15,8 @@ re-embed the gallery's stored images with it in the background, and switch atomi
       -> the app's engine becomes the new one; the old one answers what it has queued, then
          stops (`Engine.retire`)
       failed        any exception (missing or corrupt file, contract, out of memory, an image
-                    that no longer decodes, another replica switched first): the old model
+                    that no longer decodes or that the new model gives NaN for, another
+                    replica switched first): the old model
                     keeps serving, `GET /models` says why until the next switch
 
 A request keeps the engine it started with, and gives the gallery the sha256 of the model

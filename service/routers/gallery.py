@@ -21,7 +21,7 @@ from service.deps import (
     current_engine,
     model_sha256,
 )
-from service.engine import Engine, OverloadedError
+from service.engine import Engine, NonFiniteOutputError, OverloadedError
 from service.gallery import GalleryModelChangedError, NewItem
 from service.gallery.items import has_nul
 from service.model_switch import SwitchJob
@@ -168,6 +168,8 @@ async def _embed(
     try:
         return fc7, (await prepared)[1]
     except OverloadedError:  # failed or retired meanwhile
+        return fc7, None
+    except NonFiniteOutputError:  # the catch-up meets the image again, and fails the switch
         return fc7, None
 
 

@@ -73,9 +73,10 @@ def settled_readiness(url: str, timeout: float = 60) -> httpx.Response:
 
 @pytest.fixture(scope="session")
 def overflowing_store(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A store whose tiny:1 follows the contract but gives NaN for dark images (mean pixel
-    below 100: probs and fc7 come from sqrt(mean - 100)), as an overflowing model does for
-    some inputs; bright images get finite outputs. A real ONNX graph, run by onnxruntime."""
+    """A store with `exported` as tiny:1 and a tiny:2 that follows the contract but gives NaN
+    for bright images (mean pixel above 150: probs and fc7 come from sqrt(150 - mean)), as
+    an overflowing model does for some inputs; dark images, the black probe image of a
+    model switch among them, get finite outputs. A real ONNX graph, run by onnxruntime."""
     import shutil
 
     import numpy as np
@@ -87,20 +88,21 @@ def overflowing_store(exported: Path, tmp_path_factory: pytest.TempPathFactory) 
 
     root = tmp_path_factory.mktemp("overflowing") / "store"
     shutil.copytree(exported.parent.parent, root)
-    folder = root / "tiny" / "1"
+    folder = root / "tiny" / "2"
+    shutil.copytree(root / "tiny" / "1", folder)
     manifest = store.read_manifest(folder)
     k = manifest.num_classes
     consts = {
         "axes": np.array([1, 2, 3], np.int64), "flat": np.array([-1, 1], np.int64),
-        "hundred": np.array(100, np.float32), "zero": np.array(0, np.float32),
+        "limit": np.array(150, np.float32), "zero": np.array(0, np.float32),
         "ramp": np.arange(k, dtype=np.float32)[None], "fc7_zeros": np.zeros((1, 4096), np.float32),
     }  # fmt: skip
     nodes = [
         helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
         helper.make_node("ReduceMean", ["x", "axes"], ["mean4"], keepdims=1),
         helper.make_node("Reshape", ["mean4", "flat"], ["mean"]),
-        helper.make_node("Sub", ["mean", "hundred"], ["shifted"]),
-        helper.make_node("Sqrt", ["shifted"], ["root"]),  # NaN below 100
+        helper.make_node("Sub", ["limit", "mean"], ["shifted"]),
+        helper.make_node("Sqrt", ["shifted"], ["root"]),  # NaN above 150
         helper.make_node("Mul", ["root", "zero"], ["nan_or_zero"]),
         helper.make_node("Add", ["nan_or_zero", "ramp"], ["logits"]),
         helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
@@ -119,7 +121,7 @@ def overflowing_store(exported: Path, tmp_path_factory: pytest.TempPathFactory) 
     fp32 = manifest.files["fp32"].model_copy(
         update={"sha256": digest, "bytes": (folder / "model.onnx").stat().st_size}
     )
-    manifest = manifest.model_copy(update={"sha256": digest, "files": {"fp32": fp32}})
+    manifest = manifest.model_copy(update={"version": 2, "sha256": digest, "files": {"fp32": fp32}})
     for other in ("model.int8.onnx", "model.fp16.onnx"):
         (folder / other).unlink(missing_ok=True)
     write_json_atomic(folder / store.MANIFEST, manifest.model_dump())

@@ -283,28 +283,29 @@ def test_non_finite_model_outputs_are_a_500_and_nothing_is_stored(
     overflowing_store: Path, tmp_path: Path
 ) -> None:
     """A model that gives NaN for some images (an overflowing fp16 file, here a graph that
-    does it for dark images): those get a 500 that says so on every route that runs the
+    does it for bright images): those get a 500 that says so on every route that runs the
     model, the gallery keeps nothing of them, and other images are answered."""
-    dark = encode(Image.new("RGB", (300, 200), (20, 20, 20)))
     bright = encode(Image.new("RGB", (300, 200), (200, 200, 200)))
+    dark = encode(Image.new("RGB", (300, 200), (20, 20, 20)))
     log = tmp_path / "server.log"
-    with serve(overflowing_store, tmp_path / "gallery", log=log, api_key=API_KEY) as running:
+    with serve(overflowing_store, tmp_path / "gallery", log=log, api_key=API_KEY,
+               model="tiny:2") as running:  # fmt: skip
         url = running.url
-        r = _predict(url, [dark])
+        r = _predict(url, [bright])
         assert r.status_code == 500
-        assert "tiny:1 (fp32) gave NaN or infinite outputs" in r.json()["detail"]
-        r = httpx.post(f"{url}/gallery", files=[("image", ("d.jpg", dark))], headers=AUTH)
+        assert "tiny:2 (fp32) gave NaN or infinite outputs" in r.json()["detail"]
+        r = httpx.post(f"{url}/gallery", files=[("image", ("b.jpg", bright))], headers=AUTH)
         assert r.status_code == 500 and "NaN" in r.json()["detail"]
         assert httpx.get(f"{url}/gallery").json()["total"] == 0
-        r = httpx.post(f"{url}/similar", files=[("image", ("d.jpg", dark))])
+        r = httpx.post(f"{url}/similar", files=[("image", ("b.jpg", bright))])
         assert r.status_code == 500
         body = {"inputs": [{"name": "images", "shape": [1, 256, 256, 3], "datatype": "UINT8",
-                            "data": [20] * (256 * 256 * 3)}]}  # fmt: skip
+                            "data": [200] * (256 * 256 * 3)}]}  # fmt: skip
         r = httpx.post(f"{url}/v2/models/tiny/infer", json=body, timeout=60)
         assert r.status_code == 500 and "NaN" in r.json()["error"]
-        r = _predict(url, [bright])
+        r = _predict(url, [dark])
         assert r.status_code == 200 and len(r.json()["results"][0]["predictions"]) == 4
-        r = httpx.post(f"{url}/gallery", files=[("image", ("b.jpg", bright))], headers=AUTH)
+        r = httpx.post(f"{url}/gallery", files=[("image", ("d.jpg", dark))], headers=AUTH)
         assert r.status_code == 201
         assert httpx.get(f"{url}/gallery").json()["total"] == 1
-    assert "model error: tiny:1 (fp32) gave NaN" in log.read_text()
+    assert "model error: tiny:2 (fp32) gave NaN" in log.read_text()

@@ -197,23 +197,23 @@ def test_instances_must_be_positive(loaded) -> None:
 def test_an_image_with_non_finite_outputs_is_refused_and_the_others_are_answered(
     overflowing_store: Path,
 ) -> None:
-    overflowing = load_model(overflowing_store, "tiny", precision="fp32", device="cpu")
-    bright, dark = np.full((1, 256, 256, 3), 200, np.uint8), np.full((1, 256, 256, 3), 20, np.uint8)
+    overflowing = load_model(overflowing_store, "tiny:2", precision="fp32", device="cpu")
+    dark, bright = np.full((1, 256, 256, 3), 20, np.uint8), np.full((1, 256, 256, 3), 200, np.uint8)
     engine = Engine(overflowing, max_batch=8, max_wait_ms=200)
 
     async def scenario():
         await engine.start()
         try:  # one call: the three requests wait together
-            return await asyncio.gather(*(engine.infer(r) for r in (bright, dark, bright)),
+            return await asyncio.gather(*(engine.infer(r) for r in (dark, bright, dark)),
                                         return_exceptions=True)  # fmt: skip
         finally:
             await engine.stop()
 
     first, refused, last = asyncio.run(scenario())
     assert isinstance(refused, NonFiniteOutputError)
-    assert "tiny:1 (fp32) gave NaN or infinite outputs for 1 of 1 image(s)" in str(refused)
+    assert "tiny:2 (fp32) gave NaN or infinite outputs for 1 of 1 image(s)" in str(refused)
     for probs, fc7 in (first, last):
         assert np.isfinite(probs).all() and np.isfinite(fc7).all()
-        np.testing.assert_allclose(fc7, 10.0)  # sqrt(200 - 100)
+        np.testing.assert_allclose(fc7, np.sqrt(130), rtol=1e-6)  # sqrt(150 - 20)
     with pytest.raises(NonFiniteOutputError, match="for 1 of 2 image"):  # tools: `run`
-        engine.run(np.concatenate([bright, dark]))
+        engine.run(np.concatenate([dark, bright]))

@@ -23,10 +23,11 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from core.model_loader import load_model
 from service.decode import decode
-from tests.service.conftest import API_KEY, SMALL_LIMITS, serve
+from tests.service.conftest import API_KEY, SMALL_LIMITS, encode, serve
 from tests.service.test_crash import distinct_image
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
@@ -412,3 +413,26 @@ def test_a_stop_during_the_re_embedding_leaves_the_gallery_on_the_old_model(
         assert httpx.get(f"{server.url}/models").json()["loaded"]["id"] == "tiny:1"
         for item_id, data in stored.items():
             found_at_zero(server.url, item_id, data)
+
+
+def test_a_switch_to_a_model_that_gives_nan_for_a_stored_image_fails(
+    overflowing_store: Path, tmp_path: Path
+) -> None:
+    """tiny:2 gives NaN for bright images: re-embedding the gallery meets one, the switch
+    fails, tiny:1 keeps serving and every stored vector stays tiny:1's."""
+    bright = encode(Image.new("RGB", (300, 200), (200, 200, 200)))
+    with serve(overflowing_store, tmp_path / "gallery", model="tiny:1", api_key=API_KEY,
+               log=tmp_path / "server.log") as server:  # fmt: skip
+        url = server.url
+        stored = seed_gallery(url, 3, seed=75)
+        r = add(url, [bright])
+        assert r.status_code == 201, r.text
+        stored[r.json()["items"][0]["id"]] = bright
+        assert switch(url, "tiny:2").status_code == 202
+        models = settled(url)
+        failed = models["preparing"]
+        assert failed["state"] == "failed" and failed["model"] == "tiny:2", failed
+        assert "NonFiniteOutputError" in failed["error"] and "NaN" in failed["error"], failed
+        assert models["loaded"]["id"] == "tiny:1"
+        for item_id, data in stored.items():
+            found_at_zero(url, item_id, data)
