@@ -185,8 +185,8 @@ def float32_squares(graph: onnx.GraphProto) -> list[str]:
     the activations of conv1 and conv2, and its constants (alpha 1e-4, k 2) make the
     window sum matter only when it reaches the tens of thousands, so a trained network has
     such activations. In float16 the window sum is then inf and the LRN's factor
-    sqrt(sqrt(t)) / t is inf / inf: NaN in every probability (seen on an H200 with conv1's
-    activations up to 460). In float32 the square and its window sum k + alpha * sum,
+    sqrt(sqrt(t)) / t is inf / inf: NaN in every probability (on an H200, LRN1 alone gave
+    NaN for activations up to 461). In float32 the square and its window sum k + alpha * sum,
     which float16 holds up to |x| of about 11,000, cost two casts. Unnamed nodes get a name.
     """
     squares = {n.output[0] for n in graph.node
