@@ -10,7 +10,8 @@ The model is the one being served: its name is the store name, its version the s
 (read from the engine of each request). Inference goes through the engine's batcher with
 /predict's requests, under the same limits. Every error is `{"error": ...}`: 400 a malformed
 request or tensor, 404 an unknown model or version, 413 over a limit, 415 not an image (or a
-compressed body), 422 a corrupt image, 503 not ready or overloaded (with Retry-After).
+compressed body), 422 a corrupt image, 500 NaN or infinite model outputs, 503 not ready or
+overloaded (with Retry-After).
 """
 
 from __future__ import annotations
