@@ -54,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.95,
         help="refuse an int8 model unless the lower confidence bound of its top-1 agreement "
-        "with fp32 reaches this; 0 keeps any (default: 0.95)",
+        "with fp32 reaches this; 0 keeps any that gives no NaN (default: 0.95)",
     )
     p.add_argument(
         "--confidence",

@@ -106,3 +106,60 @@ def pg_url(postgres, request: pytest.FixtureRequest):
     yield postgres.create_database(name)
     if postgres.running:
         postgres.drop_database(name)
+
+
+@pytest.fixture(scope="session")
+def overflowing_store(exported: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with `exported` as tiny:1 and a tiny:2 that follows the contract but gives NaN
+    for bright images (mean pixel above 150: probs and fc7 come from sqrt(150 - mean)), as
+    an overflowing model does for some inputs; dark images, the black probe image of a
+    model switch among them, get finite outputs. A real ONNX graph, run by onnxruntime."""
+    import shutil
+
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from core import store
+    from core.durable import write_json_atomic
+
+    root = tmp_path_factory.mktemp("overflowing") / "store"
+    shutil.copytree(exported.parent.parent, root)
+    folder = root / "tiny" / "2"
+    shutil.copytree(root / "tiny" / "1", folder)
+    manifest = store.read_manifest(folder)
+    k = manifest.num_classes
+    consts = {
+        "axes": np.array([1, 2, 3], np.int64), "flat": np.array([-1, 1], np.int64),
+        "limit": np.array(150, np.float32), "zero": np.array(0, np.float32),
+        "ramp": np.arange(k, dtype=np.float32)[None], "fc7_zeros": np.zeros((1, 4096), np.float32),
+    }  # fmt: skip
+    nodes = [
+        helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMean", ["x", "axes"], ["mean4"], keepdims=1),
+        helper.make_node("Reshape", ["mean4", "flat"], ["mean"]),
+        helper.make_node("Sub", ["limit", "mean"], ["shifted"]),
+        helper.make_node("Sqrt", ["shifted"], ["root"]),  # NaN above 150
+        helper.make_node("Mul", ["root", "zero"], ["nan_or_zero"]),
+        helper.make_node("Add", ["nan_or_zero", "ramp"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], ["probs"], axis=1),
+        helper.make_node("Add", ["root", "fc7_zeros"], ["fc7"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "overflowing",
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", 256, 256, 3])],
+        [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", k]),
+         helper.make_tensor_value_info("fc7", TensorProto.FLOAT, ["N", 4096])],
+        [numpy_helper.from_array(v, name) for name, v in consts.items()],
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    onnx.save(model, str(folder / "model.onnx"))
+    digest = store.sha256_file(folder / "model.onnx")
+    fp32 = manifest.files["fp32"].model_copy(
+        update={"sha256": digest, "bytes": (folder / "model.onnx").stat().st_size}
+    )
+    manifest = manifest.model_copy(update={"version": 2, "sha256": digest, "files": {"fp32": fp32}})
+    for other in ("model.int8.onnx", "model.fp16.onnx"):
+        (folder / other).unlink(missing_ok=True)
+    write_json_atomic(folder / store.MANIFEST, manifest.model_dump())
+    return root

@@ -104,6 +104,18 @@ def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
     }
 
 
+def check_finite(precision: str, probs: np.ndarray, reference: np.ndarray, ran_on: str) -> None:
+    """Refuse a file that gives NaN or infinite probabilities (an overflow: it would be
+    refused at serving time, image by image), whatever the agreement bar."""
+    bad = int((~np.isfinite(probs).all(1)).sum())
+    if bad:
+        also = int((~np.isfinite(reference).all(1)).sum())
+        raise AgreementTooLowError(
+            f"{precision} gives NaN or infinite probabilities for {bad} of {len(probs)} "
+            f"held-out images on {ran_on} (fp32: {also}); not added"
+        )
+
+
 def wilson_lower_bound(successes: int, n: int, confidence: float) -> float:
     """The one-sided Wilson score lower bound of a proportion: with probability `confidence`
     the true proportion is at least this, given `successes` out of `n` independent trials.
@@ -187,14 +199,11 @@ def float32_squares(graph: onnx.GraphProto) -> list[str]:
     such activations. In float16 the window sum is then inf and the LRN's factor
     sqrt(sqrt(t)) / t is inf / inf: NaN in every probability (on an H200, LRN1 alone gave
     NaN for activations up to 461). In float32 the square and its window sum k + alpha * sum,
-    which float16 holds up to |x| of about 11,000, cost two casts. Unnamed nodes get a name.
+    which float16 holds up to |x| of about 11,000, cost two casts.
     """
     squares = {n.output[0] for n in graph.node
                if n.op_type == "Mul" and n.input[0] == n.input[-1]}  # fmt: skip
-    kept = [n for n in graph.node if n.output[0] in squares or squares & set(n.input)]
-    for i, node in enumerate(kept):
-        node.name = node.name or f"float32_square_{i}"
-    return [n.name for n in kept]
+    return [n.name for n in graph.node if n.output[0] in squares or squares & set(n.input)]
 
 
 def convert_fp16(fp32: Path, out: Path) -> None:
@@ -207,6 +216,11 @@ def convert_fp16(fp32: Path, out: Path) -> None:
     from onnxconverter_common import float16
 
     model = onnx.load(str(fp32))
+    names = {n.name for n in model.graph.node}
+    for i, node in enumerate(model.graph.node):  # the converter keeps nodes and names casts by name
+        if not node.name:
+            node.name = next(f"node_{i}_{k}" for k in range(len(names) + 1)
+                             if f"node_{i}_{k}" not in names)  # fmt: skip
     # by name: "Cast" as an op type would also match the casts the converter inserts around
     # the nodes it keeps, and it would insert casts around those without end
     kept = [n.name for n in model.graph.node if n.op_type == "Cast"]
@@ -294,6 +308,7 @@ def quantize(
             # fp16 runs on CUDA where there is a GPU (the CPU provider computes it in float32)
             device = "auto" if precision == "fp16" else "cpu"
             probs, measured_on = run_probs(out, held, device=device)
+            check_finite(precision, probs, reference, measured_on)
             details = agreement(reference, probs)
             details["measured_on"] = measured_on
             agree = round(details["top1_agreement"] * len(held))

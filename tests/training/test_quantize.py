@@ -164,3 +164,22 @@ def test_a_listed_file_is_checked_and_skipped_before_any_image_is_read(
         f.write(b"changed")
     with pytest.raises(ModelLoadError, match="corrupt or was changed"):
         quantize(fresh, "tiny:1", tmp_path / "absent", precisions=("int8",))
+
+
+def test_a_file_that_gives_nan_is_not_added(overflowing_store: Path, tmp_path: Path) -> None:
+    """Whatever the agreement bar: tiny:2 gives NaN for bright images, so its fp16 copy
+    does (on any provider) and is refused, and the version stays as it was."""
+    from PIL import Image
+
+    bright = tmp_path / "bright"
+    bright.mkdir()
+    for i in range(8):
+        Image.new("RGB", (64, 48), (200 + i, 200, 210)).save(bright / f"{i}.jpg")
+    store_dir = tmp_path / "store"
+    shutil.copytree(overflowing_store, store_dir)
+    folder = store_dir / "tiny" / "2"
+    with pytest.raises(AgreementTooLowError, match="fp16 gives NaN or infinite probabilities "
+                       "for 4 of 4 held-out images on CPUExecutionProvider"):  # fmt: skip
+        quantize(store_dir, "tiny:2", bright, images=8, min_agreement=0, precisions=("fp16",))
+    assert set(store.read_manifest(folder).files) == {"fp32"}
+    assert sorted(p.name for p in folder.iterdir() if p.suffix == ".onnx") == ["model.onnx"]
