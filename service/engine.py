@@ -47,18 +47,16 @@ class NonFiniteOutputError(RuntimeError):
     """The model gave NaN or infinite outputs for an image: a 500, and nothing is stored."""
 
 
-def _non_finite(loaded: LoadedModel, count: int, total: int) -> NonFiniteOutputError:
-    hint = (" (a float16 overflow: remake the file with `alexnet quantize`, or serve another "
-            "precision)" if loaded.precision == "fp16" else "")  # fmt: skip
-    return NonFiniteOutputError(
-        f"{loaded.id} ({loaded.precision}) gave NaN or infinite outputs for {count} of "
-        f"{total} image(s){hint}"
-    )
-
-
-def _finite_rows(probs: np.ndarray, fc7: np.ndarray) -> np.ndarray:
-    """(n,) bool: whether each image's probs and fc7 are all finite."""
-    return np.isfinite(probs).all(1) & np.isfinite(fc7).all(1)
+def _check_finite(loaded: LoadedModel, probs: np.ndarray, fc7: np.ndarray) -> None:
+    """Raise `NonFiniteOutputError` unless every image's probs and fc7 are finite."""
+    bad = int((~(np.isfinite(probs).all(1) & np.isfinite(fc7).all(1))).sum())
+    if bad:
+        hint = (" (a float16 overflow: remake the file with `alexnet quantize`, or serve "
+                "another precision)" if loaded.precision == "fp16" else "")  # fmt: skip
+        raise NonFiniteOutputError(
+            f"{loaded.id} ({loaded.precision}) gave NaN or infinite outputs for {bad} of "
+            f"{len(probs)} image(s){hint}"
+        )
 
 
 @dataclass
@@ -132,16 +130,18 @@ class Engine:
         Raises:
             NonFiniteOutputError: an image's outputs are not all finite.
         """
+        probs, fc7 = self._session_run(images)
+        _check_finite(self.loaded, probs, fc7)
+        return probs, fc7
+
+    def _session_run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         probs, fc7 = self.loaded.session.run(["probs", "fc7"], {"images": images})
-        finite = _finite_rows(probs, fc7)
-        if not finite.all():
-            raise _non_finite(self.loaded, int((~finite).sum()), len(images))
         return probs, fc7
 
     def _run_counted(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """The session call, in an executor thread, and the CPU seconds of this thread since
         its last call plus the intra-op pool's since any thread's last call."""
-        probs, fc7 = self.loaded.session.run(["probs", "fc7"], {"images": images})
+        probs, fc7 = self._session_run(images)
         meter = getattr(self._thread, "meter", None)
         if meter is None:
             meter = self._thread.meter = CpuMeter()  # this thread's clock, from its start
@@ -247,18 +247,18 @@ class Engine:
             self.on_batch(len(images), time.perf_counter() - start)
         if self.on_cpu is not None:
             self.on_cpu(cpu)
-        finite = _finite_rows(probs, fc7)
         row = 0
         for req in batch:
-            n = len(req.images)
+            rows = probs[row : row + len(req.images)], fc7[row : row + len(req.images)]
+            row += len(req.images)
             if req.future.done():  # a cancelled request (client gone) needs no answer
-                pass
-            elif not finite[row : row + n].all():
-                bad = int((~finite[row : row + n]).sum())
-                req.future.set_exception(_non_finite(self.loaded, bad, n))
+                continue
+            try:
+                _check_finite(self.loaded, *rows)
+            except NonFiniteOutputError as e:  # this request's images only
+                req.future.set_exception(e)
             else:
-                req.future.set_result((probs[row : row + n], fc7[row : row + n]))
-            row += n
+                req.future.set_result(rows)
 
     def _waiting_images(self) -> int:
         return sum(len(r.images) for r in self._pending)
