@@ -40,7 +40,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -60,11 +60,9 @@ from service.gallery import (
     stored_model,
 )
 from service.gallery import open_gallery as open_location
+from service.metrics import Metrics
 from service.reembed import BATCH, embed_stored
 from service.resources import load_served_model, open_gallery, start_engine
-
-if TYPE_CHECKING:
-    from service.deps import AppState
 
 log = logging.getLogger(__name__)
 
@@ -186,10 +184,19 @@ def open_served_gallery(settings: Settings, loaded: LoadedModel) -> GalleryBacke
         )  # fmt: skip
 
 
+class ServedState(Protocol):
+    """What a switch reads and replaces of the app's state (`service.deps.AppState`)."""
+
+    settings: Settings
+    metrics: Metrics
+    engine: Engine | None
+    gallery: GalleryBackend | None
+
+
 class ModelSwitcher:
     """The switches of one app: at most one job at a time; the last one kept for /models."""
 
-    def __init__(self, state: AppState) -> None:
+    def __init__(self, state: ServedState) -> None:
         self.state = state
         self.job: SwitchJob | None = None
         self._settled = asyncio.Event()
