@@ -12,6 +12,7 @@ model.onnx (its sha256 no longer matches the manifest).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import threading
@@ -27,6 +28,9 @@ from PIL import Image
 
 from core.model_loader import load_model
 from service.decode import decode
+from service.engine import Engine
+from service.model_switch import SwitchJob
+from service.routers.gallery import _embed
 from tests.service.conftest import API_KEY, SMALL_LIMITS, encode, serve
 from tests.service.test_crash import distinct_image
 
@@ -413,6 +417,35 @@ def test_a_stop_during_the_re_embedding_leaves_the_gallery_on_the_old_model(
         assert httpx.get(f"{server.url}/models").json()["loaded"]["id"] == "tiny:1"
         for item_id, data in stored.items():
             found_at_zero(server.url, item_id, data)
+
+
+def test_an_add_during_a_switch_is_stored_when_the_new_model_gives_nan_for_it(
+    overflowing_store: Path,
+) -> None:
+    """POST /gallery while tiny:2 re-embeds: the add embeds with both models (`_embed`). A
+    bright image, which tiny:2 gives NaN for, is still stored with tiny:1's vector, and no
+    tiny:2 vector is noted for it (the switch's catch-up meets it and fails, as above); a
+    dark image gets tiny:2's vector as well."""
+    current = Engine(load_model(overflowing_store, "tiny:1", precision="fp32", device="cpu"))
+    upcoming = Engine(load_model(overflowing_store, "tiny:2", precision="fp32", device="cpu"))
+    job = SwitchJob(model="tiny:2", precision="fp32", kind="switch", state="re-embedding",
+                    engine=upcoming)  # fmt: skip
+    dark, bright = np.full((1, 256, 256, 3), 20, np.uint8), np.full((1, 256, 256, 3), 200, np.uint8)
+
+    async def scenario():
+        await current.start()
+        await upcoming.start()
+        try:
+            return await _embed(current, job, bright), await _embed(current, job, dark)
+        finally:
+            await current.stop()
+            await upcoming.stop()
+
+    (fc7, refused), (dark_fc7, dark_next) = asyncio.run(scenario())
+    assert refused is None
+    np.testing.assert_array_equal(fc7, current.run(bright)[1])  # tiny:1's own vector
+    assert dark_fc7.shape == (1, 4096) and np.isfinite(dark_fc7).all()
+    np.testing.assert_allclose(dark_next, np.sqrt(130), rtol=1e-6)  # tiny:2's: sqrt(150 - 20)
 
 
 def test_a_switch_to_a_model_that_gives_nan_for_a_stored_image_fails(
