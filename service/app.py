@@ -34,6 +34,7 @@ from service.observe import ObserveMiddleware
 from service.oip.errors import error_body, is_protocol_path
 from service.resources import load_served_model, start_engine
 from service.routers import gallery, health, models, oip, page, predict
+from service.uploads import keep_parts_in_memory
 
 log = logging.getLogger("service")
 
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     state = AppState(settings=settings)
     state.switcher = ModelSwitcher(state)
+    keep_parts_in_memory()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
