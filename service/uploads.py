@@ -17,7 +17,7 @@ from service.metrics import Metrics
 
 # Starlette keeps an uploaded file part in memory up to this size and spools a larger one to a
 # temporary file (its default: 1 MB). `read_upload` reads every part whole into memory anyway,
-# so for a 2-8 MB photo the disk write and read back bought nothing: 3-6 of the service's own
+# so for a 2-8 MB photo the disk write and read back bought nothing: 2-4 of the service's own
 # CPU-ms per 12 MP image (README, "Performance"). At most this much more memory per part.
 PART_IN_MEMORY_BYTES = 8 * 2**20
 
