@@ -41,6 +41,8 @@ from service.oip.messages import (
     ServerMetadata,
 )
 
+log = logging.getLogger("service")
+
 SERVER_NAME = "alexnet-service"
 EXTENSIONS = ["binary_tensor_data"]
 
@@ -77,8 +79,6 @@ class ProtocolRoute(APIRoute):
 
         return protocol_handler
 
-
-log = logging.getLogger("service")
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=ProtocolRoute)
 
