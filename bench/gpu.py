@@ -140,10 +140,12 @@ def engine(store: Path, model: str, precisions: list[str], batches: list[int], d
 
 
 def service(store: Path, model: str, precision: str, clients: list[int], requests: int,
-            device: str, work: Path, instances: list[int]) -> list[dict]:  # fmt: skip
+            device: str, work: Path, instances: list[int],
+            threads: list[int] = (0,)) -> list[dict]:  # fmt: skip
     """`alexnet serve` on `device`, POST /predict from `clients` threads of this process.
 
-    One server per entry of `instances` (ALEXNET_INSTANCES: session calls at once)."""
+    One server per pair of `instances` (ALEXNET_INSTANCES: session calls at once) and
+    `threads` (ALEXNET_THREADS: onnxruntime's intra-op threads; 0: its default)."""
     from alexnet.local_server import serve
     from bench import photos, throughput
 
@@ -151,8 +153,10 @@ def service(store: Path, model: str, precision: str, clients: list[int], request
     gallery = work / "gallery-empty"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for calls in instances:
+    for calls, pool in [(c, t) for c in instances for t in threads]:
         env = {"precision": precision, "device": device, "model": model, "instances": str(calls)}
+        if pool:
+            env["threads"] = str(pool)
         with serve(store, gallery, log=work / "server.log", timeout=600, **env) as server:
             for n in clients:
                 count = lambda: throughput.server_cpu(server.url)  # noqa: E731
@@ -161,7 +165,8 @@ def service(store: Path, model: str, precision: str, clients: list[int], request
                 counted = row.pop("counted")
                 row["batch_mean"] = counted["batched"] / max(counted["calls"], 1)
                 row["process_cpu_ms_per_image"] = 1000 * counted["process"] / max(row["n"], 1)
-                rows.append({"precision": precision, "instances": calls, "size": "500x375", **row})
+                rows.append({"precision": precision, "instances": calls, "threads": pool or None,
+                             "size": "500x375", **row})
                 log.info("service %s", rows[-1])
     return rows
 
@@ -275,6 +280,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--requests", type=int, default=256)
     p.add_argument("--instances", nargs="+", type=int, default=[1],
                    help="service: ALEXNET_INSTANCES, one server each (default: 1)")  # fmt: skip
+    p.add_argument("--threads", nargs="+", type=int, default=[0],
+                   help="service: ALEXNET_THREADS, one server each with each --instances "
+                   "(0, the default: onnxruntime's own count)")  # fmt: skip
     p.add_argument("--min-seconds", type=float, default=3.0)
     p.add_argument("--work", type=Path, default=Path("bench/work-gpu"))
     return p
@@ -294,7 +302,7 @@ def main(args: argparse.Namespace) -> list[dict]:
                     (args.batches or [64])[0])  # fmt: skip
     else:
         rows = service(args.store, args.model, args.precision, args.clients, args.requests,
-                       args.device, args.work, args.instances)  # fmt: skip
+                       args.device, args.work, args.instances, args.threads)  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"part": args.part, "device": device_name(args.device), "started": started,
               "cpus": os.cpu_count(), "args": {k: str(v) for k, v in vars(args).items()},

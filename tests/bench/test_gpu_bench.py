@@ -40,9 +40,10 @@ def test_service_answers_every_request(tmp_path: Path, exported: Path) -> None:
     store, name = exported.parents[1], exported.parent.name
     record = run(tmp_path, "service", "--store", str(store), "--model", name,
                  "--precision", "fp32", "--clients", "2", "--requests", "6",
-                 "--instances", "1", "2", "--work", str(tmp_path / "work"))  # fmt: skip
+                 "--instances", "1", "2", "--threads", "1", "--work", str(tmp_path / "work"))  # fmt: skip
     rows = record["rows"]
     assert [r["instances"] for r in rows] == [1, 2]  # one server per ALEXNET_INSTANCES
+    assert [r["threads"] for r in rows] == [1, 1]
     for row in rows:
         assert row["errors"] == 0 and row["n"] == 16  # max(requests, 8 x clients)
         # counted by the server itself (its /metrics): images per engine call, its CPU per image
