@@ -166,7 +166,7 @@ def service(store: Path, model: str, precision: str, clients: list[int], request
                 row["batch_mean"] = counted["batched"] / max(counted["calls"], 1)
                 row["process_cpu_ms_per_image"] = 1000 * counted["process"] / max(row["n"], 1)
                 rows.append({"precision": precision, "instances": calls, "threads": pool or None,
-                             "size": "500x375", **row})
+                             "size": "500x375", **row})  # fmt: skip
                 log.info("service %s", rows[-1])
     return rows
 

@@ -39,8 +39,8 @@ def test_engine_says_which_provider_ran(tmp_path: Path, exported: Path) -> None:
 def test_service_answers_every_request(tmp_path: Path, exported: Path) -> None:
     store, name = exported.parents[1], exported.parent.name
     record = run(tmp_path, "service", "--store", str(store), "--model", name,
-                 "--precision", "fp32", "--clients", "2", "--requests", "6",
-                 "--instances", "1", "2", "--threads", "1", "--work", str(tmp_path / "work"))  # fmt: skip
+                 "--precision", "fp32", "--clients", "2", "--requests", "6", "--instances",
+                 "1", "2", "--threads", "1", "--work", str(tmp_path / "work"))  # fmt: skip
     rows = record["rows"]
     assert [r["instances"] for r in rows] == [1, 2]  # one server per ALEXNET_INSTANCES
     assert [r["threads"] for r in rows] == [1, 1]
