@@ -171,6 +171,13 @@ def service(store: Path, model: str, precision: str, clients: list[int], request
     return rows
 
 
+def top1_agreement(probs: np.ndarray, expected: np.ndarray) -> float:
+    """The share of images whose top-1 class in `probs` is `expected`'s. An image with a NaN
+    or infinite probability disagrees (argmax would call a row of NaN class 0)."""
+    finite = np.isfinite(probs).all(1)
+    return float(((probs.argmax(1) == expected.argmax(1)) & finite).mean())
+
+
 def fp16(store: Path, model: str, device: str, work: Path, min_seconds: float,
          batch_size: int) -> list[dict]:  # fmt: skip
     """float16 against float32 on `device`: the paper's LRN alone, then `model` (see above)."""
@@ -245,8 +252,8 @@ def fp16(store: Path, model: str, device: str, work: Path, min_seconds: float,
                 s.run(None, {"images": batch})
                 n += len(batch)
             rows.append({"graph": f"{model} conv1 x{factor}", "file": name,
-                         "nan": int(np.isnan(probs).sum()),
-                         "top1_agreement": float((probs.argmax(1) == expected.argmax(1)).mean()),
+                         "nan_images": int((~np.isfinite(probs).all(1)).sum()),
+                         "top1_agreement": top1_agreement(probs, expected),
                          "batch": batch_size, "images_per_s": n / (time.perf_counter() - start),
                          "provider": s.get_providers()[0]})  # fmt: skip
             log.info("fp16 %s", rows[-1])
