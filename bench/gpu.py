@@ -125,8 +125,9 @@ def decode(batches: list[int], repeats: int, device: str) -> list[dict]:
 
 
 def engine(store: Path, model: str, precisions: list[str], batches: list[int], device: str,
-           min_seconds: float) -> list[dict]:  # fmt: skip
-    """The raw onnxruntime session on `device`: images/s per batch, and which provider ran."""
+           min_seconds: float, mixed: bool = False) -> list[dict]:  # fmt: skip
+    """The raw onnxruntime session on `device`: images/s per batch, and which provider ran;
+    with `mixed`, also calls that take the batch sizes in turn (`throughput.engine`)."""
     from bench import photos, throughput
     from core.imaging import load_256
 
@@ -134,7 +135,7 @@ def engine(store: Path, model: str, precisions: list[str], batches: list[int], d
     rows = []
     for precision in precisions:
         rows += throughput.engine(store, model, precision, pixels, batches, threads=0,
-                                  min_seconds=min_seconds, device=device)  # fmt: skip
+                                  min_seconds=min_seconds, device=device, mixed=mixed)  # fmt: skip
         log.info("engine %s: %s", precision, rows[-1])
     return rows
 
@@ -290,6 +291,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", nargs="+", type=int, default=[0],
                    help="service: ALEXNET_THREADS, one server each with each --instances "
                    "(0, the default: onnxruntime's own count)")  # fmt: skip
+    p.add_argument("--mixed", action="store_true",
+                   help="engine: one more row whose calls take the --batches sizes in turn, as "
+                   "a busy service's do")  # fmt: skip
     p.add_argument("--min-seconds", type=float, default=3.0)
     p.add_argument("--work", type=Path, default=Path("bench/work-gpu"))
     return p
@@ -303,7 +307,7 @@ def main(args: argparse.Namespace) -> list[dict]:
         rows = decode(args.batches or [1, 16, 64, 256], args.repeats, args.device)
     elif args.part == "engine":
         rows = engine(args.store, args.model, args.precisions, args.batches or [1, 8, 32, 64],
-                      args.device, args.min_seconds)  # fmt: skip
+                      args.device, args.min_seconds, args.mixed)  # fmt: skip
     elif args.part == "fp16":
         rows = fp16(args.store, args.model, args.device, args.work, args.min_seconds,
                     (args.batches or [64])[0])  # fmt: skip

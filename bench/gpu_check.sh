@@ -6,9 +6,10 @@
 #                              # export from the GPU checkpoints, nvJPEG decoding
 #   bench/gpu_check.sh loader  # loader or GPU: folders vs JPEG vs raw shards, long epochs
 #   bench/gpu_check.sh serve   # onnxruntime-gpu on CUDA: fp16 files (their agreement with
-#                              # fp32 measured on CUDA), the raw engine (fp32, fp16) and
-#                              # `alexnet serve` under load, 1 and 2 engine instances; float16
-#                              # overflow checked on CUDA (bench.gpu fp16)
+#                              # fp32 measured on CUDA), the raw engine (fp32, fp16; fp16 also
+#                              # with the batch sizes 1-4 in turn) and `alexnet serve` under
+#                              # load, 1 and 2 engine instances, onnxruntime's default and 4
+#                              # intra-op threads; float16 overflow on CUDA (bench.gpu fp16)
 #
 # Each step's output goes to GPU_WORK/logs/NAME.log and its time to logs/steps.txt; a failed
 # step is reported and the next one runs. Tables and JSON (bench.gpu) land in GPU_WORK/json;
@@ -101,8 +102,13 @@ o.get_available_providers())"
         step "engine-$arch" "$PY" -m bench.gpu engine --store "$W/store" --model "gpu-$arch:1" \
             --precisions fp32 fp16 --batches 1 8 32 64 --out "$W/json/$arch"
     done
+    for arch in bn paper; do  # one size per call, and the sizes 1-4 in turn (a busy service)
+        step "engine-mixed-$arch" "$PY" -m bench.gpu engine --store "$W/store" \
+            --model "gpu-$arch:1" --precisions fp16 --batches 1 2 3 4 --mixed \
+            --out "$W/json/$arch-mixed"
+    done
     step service-bn "$PY" -m bench.gpu service --store "$W/store" --model gpu-bn \
-        --precision fp16 --clients 1 4 16 64 --instances 1 2 --requests 512 \
+        --precision fp16 --clients 1 4 16 64 --instances 1 2 --threads 0 4 --requests 512 \
         --work "$W/serve-bn" --out "$W/json/bn"
     step service-paper "$PY" -m bench.gpu service --store "$W/store" --model gpu-paper \
         --precision fp16 --clients 16 64 --instances 1 2 --requests 512 \

@@ -4,8 +4,8 @@ image, which, unlike images/s, hardly depends on what else the machine is doing.
 
 from __future__ import annotations
 
-import functools
 import http.client
+import itertools
 import statistics
 import threading
 import time
@@ -38,28 +38,48 @@ def percentiles(seconds: list[float]) -> dict:
 def engine(
     store: Path, model: str, precision: str, images: np.ndarray, batches: list[int],
     threads: int, min_seconds: float, spinning: bool | None = None, device: str = "cpu",
-    instances: int = 1,
+    instances: int = 1, mixed: bool = False,
 ) -> list[dict]:  # fmt: skip
     """Images/s of direct `session.run` calls at each batch size (after one warm-up call), the
     process CPU time per image they cost (this process does nothing else meanwhile), and the
     providers the session runs on. `instances` threads call the one session at once, as the
-    service's engine instances do; `threads` is the session's intra-op threads."""
+    service's engine instances do; `threads` is the session's intra-op threads. `mixed` adds
+    a row whose calls take the sizes of `batches` in turn, as a busy service's calls do (a
+    new input shape each call), to set beside the rows of one size each."""
     loaded = load_model(store, model, precision=precision, device=device, threads=threads or None,
                         spinning=spinning)  # fmt: skip
+    inputs = {b: np.stack([images[i % len(images)] for i in range(b)]) for b in batches}
+    runs = [(b, [inputs[b]]) for b in batches]
+    if mixed:
+        runs.append(("mixed " + ",".join(map(str, batches)), list(inputs.values())))
     out = []
-    for batch in batches:
-        x = np.stack([images[i % len(images)] for i in range(batch)])
-        call = functools.partial(loaded.session.run, None, {"images": x})
+    for label, xs in runs:
+        call, sizes = calls_in_turn(loaded.session, xs)
         times, wall, cpu = timed_calls(call, instances, min_seconds)
+        n = sum(sizes[1:])  # the first call was the warm-up
         out.append({
-            "precision": precision, "batch": batch, "instances": instances,
+            "precision": precision, "batch": label, "instances": instances,
             "threads": threads, "calls": len(times),
-            "images_per_s": batch * len(times) / wall,
+            "images_per_s": n / wall,
             "call_ms_p50": 1000 * statistics.median(times),
-            "cpu_ms_per_image": 1000 * cpu / (batch * len(times)),
+            "cpu_ms_per_image": 1000 * cpu / n,
             "providers": loaded.session.get_providers(),
         })  # fmt: skip
     return out
+
+
+def calls_in_turn(session, inputs: list[np.ndarray]) -> tuple[Callable[[], object], list[int]]:
+    """A session call that runs the next of `inputs` each time (its callers share the turn),
+    and the list it fills with the size of each call's batch, in order."""
+    turn, sizes, lock = itertools.cycle(inputs), [], threading.Lock()
+
+    def call() -> object:
+        with lock:
+            x = next(turn)
+            sizes.append(len(x))
+        return session.run(None, {"images": x})
+
+    return call, sizes
 
 
 def timed_calls(call: Callable[[], object], callers: int, min_seconds: float):

@@ -33,9 +33,21 @@ def test_decode_reports_both_decoders(tmp_path: Path) -> None:
 def test_engine_says_which_provider_ran(tmp_path: Path, exported: Path) -> None:
     store, name = exported.parents[1], exported.parent.name
     record = run(tmp_path, "engine", "--store", str(store), "--model", f"{name}:1",
-                 "--precisions", "fp32", "--batches", "1", "2", "--min-seconds", "0.1")  # fmt: skip
-    assert [r["batch"] for r in record["rows"]] == [1, 2]
+                 "--precisions", "fp32", "--batches", "1", "2", "--min-seconds", "0.1",
+                 "--mixed")  # fmt: skip
+    assert [r["batch"] for r in record["rows"]] == [1, 2, "mixed 1,2"]
     assert all(r["providers"] == ["CPUExecutionProvider"] for r in record["rows"])
+
+
+def test_mixed_calls_take_the_batch_sizes_in_turn(exported: Path) -> None:
+    from bench.throughput import calls_in_turn
+    from core.model_loader import load_model
+
+    loaded = load_model(exported.parents[1], f"{exported.parent.name}:1", precision="fp32")
+    one, two = (np.zeros((n, 256, 256, 3), np.uint8) for n in (1, 2))
+    call, sizes = calls_in_turn(loaded.session, [one, two])
+    probs = [call()[0] for _ in range(3)]
+    assert sizes == [1, 2, 1] and [len(p) for p in probs] == [1, 2, 1]
 
 
 def test_service_answers_every_request(tmp_path: Path, exported: Path) -> None:
