@@ -3,8 +3,9 @@ engine and the service. Each part prints a table and writes OUT/gpu-PART.json.
 
     python -m bench.gpu train-steps --archs paper bn --batches 128 256
     python -m bench.gpu decode --batches 1 16 64 256
-    python -m bench.gpu engine --store STORE --model NAME:1 --precisions fp32 fp16
+    python -m bench.gpu engine --store STORE --model NAME:1 --precisions fp32 fp16 [--mixed]
     python -m bench.gpu service --store STORE --model NAME --precision fp16 --clients 1 4 16 64
+        (with --instances 1 2 --threads 0 4: a server for each pair)
     python -m bench.gpu fp16 --store STORE --model NAME:1
 
 `fp16` checks float16 arithmetic where it really happens (on CUDA; onnxruntime's CPU
