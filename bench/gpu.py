@@ -25,10 +25,12 @@ part also runs on the CPU (`--device cpu`), which is how the tests check it.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -142,8 +144,8 @@ def engine(store: Path, model: str, precisions: list[str], batches: list[int], d
 
 
 def service(store: Path, model: str, precision: str, clients: list[int], requests: int,
-            device: str, work: Path, instances: list[int],
-            threads: list[int] = (0,)) -> list[dict]:  # fmt: skip
+            device: str, work: Path, instances: Sequence[int],
+            threads: Sequence[int] = (0,)) -> list[dict]:  # fmt: skip
     """`alexnet serve` on `device`, POST /predict from `clients` threads of this process.
 
     One server per pair of `instances` (ALEXNET_INSTANCES: session calls at once) and
@@ -155,7 +157,7 @@ def service(store: Path, model: str, precision: str, clients: list[int], request
     gallery = work / "gallery-empty"
     work.mkdir(parents=True, exist_ok=True)
     rows = []
-    for calls, pool in [(c, t) for c in instances for t in threads]:
+    for calls, pool in itertools.product(instances, threads):
         env = {"precision": precision, "device": device, "model": model, "instances": str(calls)}
         if pool:
             env["threads"] = str(pool)
