@@ -166,6 +166,28 @@ def test_instances_is_how_many_session_calls_run_at_once(loaded, instances: int)
     _assert_answers_as_alone(loaded, requests, answers)
 
 
+def test_the_next_call_starts_without_the_event_loop(loaded) -> None:
+    """An instance takes its next batch itself when a call ends: queued requests keep the
+    session busy while the event loop is held up (parsing, decoding, answering others)."""
+    timed = TimedSession(loaded.session)
+
+    async def scenario():
+        engine = Engine(dataclasses.replace(loaded, session=timed), max_batch=1)
+        await engine.start()
+        try:
+            futures = [engine.submit(_images(1, seed)) for seed in range(3)]
+            time.sleep(1.5)  # the loop is blocked: nothing can be handed out from it
+            blocked_until = time.perf_counter()
+            await asyncio.gather(*futures)
+            return blocked_until
+        finally:
+            await engine.stop()
+
+    blocked_until = asyncio.run(scenario())
+    assert len(timed.spans) == 3
+    assert all(end < blocked_until for _, end in timed.spans), (timed.spans, blocked_until)
+
+
 def test_stop_answers_the_calls_in_flight_and_retire_waits_for_them(loaded) -> None:
     async def scenario():
         stopped = Engine(loaded, max_batch=1, instances=2)
