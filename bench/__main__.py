@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from alexnet.local_server import free_port, serve
-from bench import loader, models, photos, report, similarity, throughput
+from bench import loader, models, photos, report, similarity, throughput, turns
 from core.imaging import find_images, load_256
 
 log = logging.getLogger("bench")
@@ -121,6 +121,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="time per raw engine measurement (default: 4)",
     )
     p.add_argument(
+        "--turns",
+        type=int,
+        default=5,
+        help="with the engine and service parts at 4 clients: turns of raw engine and service "
+        "slices, one after the other, whose median ratio is the service / raw figure at 4 "
+        "clients for 500x375 (bench/turns.py; default: 5, 0: none)",
+    )
+    p.add_argument(
         "--max-wait-ms",
         type=float,
         default=None,
@@ -191,6 +199,9 @@ def main(args: argparse.Namespace) -> dict:
                     results["service"] += service(args, store, arch, precision, jpegs,
                                                   results["decode"], instances,
                                                   threads)  # fmt: skip
+            if {"engine", "service"} <= set(args.only) and args.turns and 4 in args.clients:
+                turn = ratio_in_turns(args, store, arch, precision, jpegs["500x375"], results)
+                results.setdefault("turns", []).append(turn)
     if "naive" in args.only:
         results["naive"] = {}
         for size, js in jpegs.items():
@@ -231,13 +242,7 @@ def service(args: argparse.Namespace, store: Path, arch: str, precision: str, jp
     """POST /predict with 1, 4, 16 concurrent clients, one JPEG per request, and the server's
     CPU time per image: its process's, its onnxruntime session's, and the rest (the
     service's own work); the ceiling those CPU times allow on this machine's cores."""
-    env = {"precision": precision, "threads": str(threads), "device": "cpu",
-           "model": models.name_of(arch), "spinning": args.spinning,
-           "instances": str(instances)}  # fmt: skip
-    if args.max_wait_ms is not None:
-        env["max_wait_ms"] = str(args.max_wait_ms)
-    if args.max_batch is not None:
-        env["max_batch"] = str(args.max_batch)
+    env = served_env(args, arch, precision, instances, threads)
     gallery = args.work / "gallery-empty"
     similarity.remove(gallery)
     rows = []
@@ -257,6 +262,40 @@ def service(args: argparse.Namespace, store: Path, arch: str, precision: str, jp
                 rows.append({"arch": arch, "precision": precision, "instances": instances,
                              "threads": threads, "size": size, **row})  # fmt: skip
     return rows
+
+
+def served_env(args: argparse.Namespace, arch: str, precision: str, instances: int,
+               threads: int) -> dict[str, str]:  # fmt: skip
+    """The served model's settings (`serve`'s ALEXNET_* keywords) for one configuration."""
+    env = {"precision": precision, "threads": str(threads), "device": "cpu",
+           "model": models.name_of(arch), "spinning": args.spinning,
+           "instances": str(instances)}  # fmt: skip
+    if args.max_wait_ms is not None:
+        env["max_wait_ms"] = str(args.max_wait_ms)
+    if args.max_batch is not None:
+        env["max_batch"] = str(args.max_batch)
+    return env
+
+
+def ratio_in_turns(args: argparse.Namespace, store: Path, arch: str, precision: str,
+                   jpegs: list[bytes], results: dict) -> dict:  # fmt: skip
+    """Service / raw in turns (`bench.turns`) at 4 clients, 500x375: the raw engine in its
+    fastest configuration and batch of this run, the service in the configuration that
+    served most at 4 clients."""
+    mine = lambda r: r.get("arch") == arch and r["precision"] == precision  # noqa: E731
+    raw = report.best([r for r in results["engine"] if mine(r)])
+    served = report.best([r for r in results["service"] if mine(r) and r["clients"] == 4
+                          and r["size"] == "500x375"])  # fmt: skip
+    log.info("in turns, %s %s: raw %s batch %s against the service %s", arch, precision,
+             report.calls(raw), raw["batch"], report.calls(served))  # fmt: skip
+    similarity.remove(args.work / "gallery-empty")
+    turn = turns.in_turns(store, f"{models.name_of(arch)}:1", precision, jpegs, raw=raw,
+                          env=served_env(args, arch, precision, served["instances"],
+                                         served["threads"]),
+                          turns=args.turns, min_seconds=args.min_seconds,
+                          requests=args.requests, work=args.work,
+                          spinning=args.spinning == "on", port=args.port or None)  # fmt: skip
+    return {"arch": arch, "precision": precision, "size": "500x375", **turn}
 
 
 def cpu_per_image(counted: dict, images: int, decode_cpu_ms: float) -> dict:

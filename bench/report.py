@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _best(rows: list[dict]) -> dict | None:
+def best(rows: list[dict]) -> dict | None:
+    """The row with the most images/s (None for none)."""
     return max(rows, key=lambda r: r["images_per_s"]) if rows else None
 
 
@@ -18,6 +19,11 @@ def summary(res: dict) -> dict:
     for arch in archs:
         for precision in ("fp32", "int8"):
             out.update(_summary(arch, precision, engine, service, naive))
+    for t in res.get("turns", []):  # bench.turns: raw and service one after the other
+        out.setdefault(f"{t['arch']} {t['precision']} {t['size']}", {}).update({
+            "service_vs_raw_in_turns": t["ratio_median"],
+            "service_vs_raw_in_turns_range": [t["ratio_min"], t["ratio_max"]],
+        })  # fmt: skip
     return out
 
 
@@ -51,7 +57,7 @@ def _summary(arch: str, precision: str, engine: list, service: list, naive: dict
     mine = {"arch": arch, "precision": precision}
     engine = [r for r in engine if r.get("arch", "bn") == arch and r["precision"] == precision]
     service = [r for r in service if r.get("arch", "bn") == arch and r["precision"] == precision]
-    raw = _best(engine)  # the fastest batch and configuration of calls x threads
+    raw = best(engine)  # the fastest batch and configuration of calls x threads
     b1 = min((r for r in engine if r["batch"] == 1), key=lambda r: r["call_ms_p50"], default=None)
     for size in ("500x375", "4000x3000"):
         s = {}
@@ -59,19 +65,19 @@ def _summary(arch: str, precision: str, engine: list, service: list, naive: dict
         idles = [r for r in service if r["size"] == size and r["clients"] == 1]
         idle = min(idles, key=lambda r: r["p50_ms"]) if idles else None
         fours = [r for r in service if r["size"] == size and r["clients"] == 4]
-        four = _best(fours)  # the served configuration that served most
-        best = _best(loaded)
+        four = best(fours)  # the served configuration that served most
+        top = best(loaded)
         if four:
             s["calls_at_4_clients"] = calls(four)
-        if raw and best:
-            s["service_vs_raw_throughput"] = best["images_per_s"] / raw["images_per_s"]
+        if raw and top:
+            s["service_vs_raw_throughput"] = top["images_per_s"] / raw["images_per_s"]
         if raw and four:
             s["service_vs_raw_at_4_clients"] = four["images_per_s"] / raw["images_per_s"]
         if b1 and idle:
             s["idle_p50_vs_raw_call"] = idle["p50_ms"] / b1["call_ms_p50"]
         same = naive.get(size) if naive.get(size, {}).get("arch", "bn") == arch else None
-        if best and same:
-            s["service_vs_naive"] = best["images_per_s"] / same["images_per_s"]
+        if top and same:
+            s["service_vs_naive"] = top["images_per_s"] / same["images_per_s"]
         if raw and same:
             s["raw_vs_naive"] = raw["images_per_s"] / same["images_per_s"]
         if four and "overhead_cpu_ms_per_image" in four:
@@ -136,6 +142,23 @@ def table(res: dict) -> str:
                   f"{_f(r.get('client_cpu_ms_per_request'), 2)} |"
                   for r in res["service"]]  # fmt: skip
         lines.append("")
+    if res.get("turns"):
+        lines += ["Service / raw in turns (bench/turns.py; raw, service, service, raw, ...; "
+                  "images/s of each turn's slices, and their ratio):", "",
+                  "| arch | precision | raw calls x threads, batch | served calls x threads | "
+                  "clients | raw images/s | service images/s | ratio per turn | "
+                  "**median ratio** |",
+                  "|" + " --- |" * 9]  # fmt: skip
+        for t in res["turns"]:
+            raw, served = (" / ".join(_f(s["images_per_s"]) for s in
+                                      sorted((s for s in t["slices"] if s["part"] == part),
+                                             key=lambda s: s["turn"]))
+                           for part in ("raw", "service"))  # fmt: skip
+            lines.append(f"| {t['arch']} | {t['precision']} | {calls(t['raw'])}, "
+                         f"{t['raw']['batch']} | {calls(t['served'])} | {t['clients']} | "
+                         f"{raw} | {served} | " + " / ".join(f"{r:.2f}" for r in t["ratios"])
+                         + f" | **{t['ratio_median']:.2f}x** |")  # fmt: skip
+        lines.append("")
     if res.get("naive"):
         lines += [
             "Naive baseline (PIL + torchvision Resize/TenCrop + eager PyTorch fp32, per request):",
@@ -159,15 +182,16 @@ def table(res: dict) -> str:
     if res.get("summary"):
         lines += ["Ratios (and the service's own CPU per image at 4 clients):", "",
                   "| arch, precision, photo | service / raw engine best (>= 4 clients) | "
-                  "at 4 clients | idle p50 / one raw call | service / naive | raw / naive | "
+                  "at 4 clients | at 4 clients, in turns (median) | idle p50 / one raw call | "
+                  "service / naive | raw / naive | "
                   "CPU-bound service / raw (raw CPU-ms / service process CPU-ms, 4 clients) | "
                   "service CPU-ms at 4 clients | of ceiling at 4 clients | calls x threads "
                   "at 4 clients |",
-                  "|" + " --- |" * 10]  # fmt: skip
+                  "|" + " --- |" * 11]  # fmt: skip
         for key, s in res["summary"].items():
             keys = ("service_vs_raw_throughput", "service_vs_raw_at_4_clients",
-                    "idle_p50_vs_raw_call", "service_vs_naive", "raw_vs_naive",
-                    "raw_vs_service_cpu_at_4_clients")  # fmt: skip
+                    "service_vs_raw_in_turns", "idle_p50_vs_raw_call", "service_vs_naive",
+                    "raw_vs_naive", "raw_vs_service_cpu_at_4_clients")  # fmt: skip
             cells = [s.get(k) for k in keys]
             over = s.get("overhead_cpu_ms_per_image_at_4_clients")
             frac = s.get("ceiling_fraction_at_4_clients")

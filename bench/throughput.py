@@ -52,20 +52,25 @@ def engine(
     runs = [(b, [inputs[b]]) for b in batches]
     if mixed:
         runs.append(("mixed " + ",".join(map(str, batches)), list(inputs.values())))
-    out = []
-    for label, xs in runs:
-        call, sizes = calls_in_turn(loaded.session, xs)
-        times, wall, cpu = timed_calls(call, instances, min_seconds)
-        n = sum(sizes[1:])  # the first call was the warm-up
-        out.append({
-            "precision": precision, "batch": label, "instances": instances,
-            "threads": threads, "calls": len(times),
-            "images_per_s": n / wall,
-            "call_ms_p50": 1000 * statistics.median(times),
-            "cpu_ms_per_image": 1000 * cpu / n,
-            "providers": loaded.session.get_providers(),
-        })  # fmt: skip
-    return out
+    return [{"precision": precision, "batch": label, "instances": instances, "threads": threads,
+             **raw_rate(loaded.session, xs, instances, min_seconds),
+             "providers": loaded.session.get_providers()}
+            for label, xs in runs]  # fmt: skip
+
+
+def raw_rate(session, inputs: list[np.ndarray], instances: int, min_seconds: float) -> dict:
+    """`instances` threads calling `session` on `inputs` in turn for at least `min_seconds`
+    (after one warm-up call): images/s, the median call's ms and the process CPU-ms per
+    image (this process does nothing else meanwhile)."""
+    call, sizes = calls_in_turn(session, inputs)
+    times, wall, cpu = timed_calls(call, instances, min_seconds)
+    n = sum(sizes[1:])  # the first call was the warm-up
+    return {
+        "calls": len(times),
+        "images_per_s": n / wall,
+        "call_ms_p50": 1000 * statistics.median(times),
+        "cpu_ms_per_image": 1000 * cpu / n,
+    }
 
 
 def calls_in_turn(session, inputs: list[np.ndarray]) -> tuple[Callable[[], object], list[int]]:

@@ -52,3 +52,21 @@ def test_the_ratios_compare_the_best_served_configuration_with_the_fastest_raw_o
     assert got["calls_at_4_clients"] == "2 x 1"
     # idle latency: the quickest served configuration against the quickest single call
     assert got["idle_p50_vs_raw_call"] == pytest.approx(25.0 / 25.0)
+
+
+def test_the_ratio_in_turns_is_the_median_of_its_turns() -> None:
+    turn = {"arch": "paper", "precision": "int8", "size": "500x375", "clients": 4,
+            "raw": {"instances": 2, "threads": 1, "batch": 1},
+            "served": {"instances": 2, "threads": 1},
+            "slices": [{"turn": t, "part": p, "images_per_s": rate}
+                       for t, p, rate in [(0, "raw", 50.0), (0, "service", 45.0),
+                                          (1, "service", 30.0), (1, "raw", 50.0),
+                                          (2, "raw", 40.0), (2, "service", 38.0)]],
+            "ratios": [0.9, 0.6, 0.95], "ratio_median": 0.9, "ratio_min": 0.6,
+            "ratio_max": 0.95}  # fmt: skip
+    got = summary({"turns": [turn]})["paper int8 500x375"]
+    assert got["service_vs_raw_in_turns"] == pytest.approx(0.9)
+    assert got["service_vs_raw_in_turns_range"] == pytest.approx([0.6, 0.95])
+    text = table({"turns": [turn]})
+    assert ("| paper | int8 | 2 x 1, 1 | 2 x 1 | 4 | 50.0 / 50.0 / 40.0 | 45.0 / 30.0 / 38.0 | "
+            "0.90 / 0.60 / 0.95 | **0.90x** |") in text  # fmt: skip
