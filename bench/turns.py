@@ -2,7 +2,7 @@
 host whose speed drifts from one minute to the next does not decide it.
 
 The raw engine (in the configuration and batch size the bench found fastest) and the served
-model (in the configuration that served most at 4 clients) take turns: raw, service,
+model (in that configuration of calls x threads) take turns: raw, service,
 service, raw, raw, service, ... One server runs throughout, idle while the raw engine runs
 in this process. Each turn's ratio compares two slices measured one right after the other,
 and the figure is the median over the turns: a burst of load on the host that hits one
