@@ -48,7 +48,7 @@ def engine(
     new input shape each call), to set beside the rows of one size each."""
     loaded = load_model(store, model, precision=precision, device=device, threads=threads or None,
                         spinning=spinning)  # fmt: skip
-    inputs = {b: np.stack([images[i % len(images)] for i in range(b)]) for b in batches}
+    inputs = {b: batch_of(images, b) for b in batches}
     runs = [(b, [inputs[b]]) for b in batches]
     if mixed:
         runs.append(("mixed " + ",".join(map(str, batches)), list(inputs.values())))
@@ -56,6 +56,11 @@ def engine(
              **raw_rate(loaded.session, xs, instances, min_seconds),
              "providers": loaded.session.get_providers()}
             for label, xs in runs]  # fmt: skip
+
+
+def batch_of(images: np.ndarray | list[np.ndarray], size: int) -> np.ndarray:
+    """`size` of `images`, taken in turn (repeating them if there are fewer), stacked."""
+    return np.stack([images[i % len(images)] for i in range(size)])
 
 
 def raw_rate(session, inputs: list[np.ndarray], instances: int, min_seconds: float) -> dict:

@@ -18,8 +18,6 @@ import math
 import statistics
 from pathlib import Path
 
-import numpy as np
-
 from alexnet.local_server import serve
 from bench import throughput
 from core.imaging import load_256
@@ -63,8 +61,7 @@ def in_turns(
         raise ValueError(f"turns must be at least 1, got {turns}")
     loaded = load_model(store, model, precision=precision, device="cpu",
                         threads=raw["threads"] or None, spinning=spinning)  # fmt: skip
-    pixels = [load_256(j) for j in jpegs]
-    batch = np.stack([pixels[i % len(pixels)] for i in range(raw["batch"])])
+    batch = throughput.batch_of([load_256(j) for j in jpegs], raw["batch"])
     gallery = work / "gallery-empty"
     slices, rates = [], {}
     n = requests
