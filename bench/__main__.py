@@ -126,8 +126,9 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=5,
         help="with the engine and service parts at 4 clients: turns of the fastest raw "
         "engine row and the service in its configuration, one slice after the other, whose "
-        "median ratio is the service / raw figure at 4 clients for 500x375 (bench/turns.py; "
-        "default: 5, 0: none)",
+        "median ratio is the service / raw figure at 4 clients for 500x375; with a third "
+        "part, the raw engine with 4 images in flight, where the fastest batch keeps more "
+        "(bench/turns.py; default: 5, 0: none)",
     )
     p.add_argument(
         "--max-wait-ms",
@@ -201,7 +202,8 @@ def main(args: argparse.Namespace) -> dict:
                                                   results["decode"], instances,
                                                   threads)  # fmt: skip
             if {"engine", "service"} <= set(args.only) and args.turns and 4 in args.clients:
-                turn = ratio_in_turns(args, store, arch, precision, jpegs["500x375"], results)
+                turn = ratio_in_turns(args, store, arch, precision, jpegs["500x375"], pixels,
+                                      results)  # fmt: skip
                 results.setdefault("turns", []).append(turn)
     if "naive" in args.only:
         results["naive"] = {}
@@ -244,12 +246,10 @@ def service(args: argparse.Namespace, store: Path, arch: str, precision: str, jp
     CPU time per image: its process's, its onnxruntime session's, and the rest (the
     service's own work); the ceiling those CPU times allow on this machine's cores."""
     env = served_env(args, arch, precision, instances, threads)
-    gallery = args.work / "gallery-empty"
-    similarity.remove(gallery)
     rows = []
     port = args.port or free_port()
-    with serve(store, gallery, port=port, log=args.work / "server.log", timeout=1800,
-               **env) as server:  # fmt: skip
+    with serve(store, empty_gallery(args.work), port=port, log=args.work / "server.log",
+               timeout=1800, **env) as server:  # fmt: skip
         url = server.url
         for size, js in jpegs.items():
             for clients in args.clients:
@@ -263,6 +263,13 @@ def service(args: argparse.Namespace, store: Path, arch: str, precision: str, jp
                 rows.append({"arch": arch, "precision": precision, "instances": instances,
                              "threads": threads, "size": size, **row})  # fmt: skip
     return rows
+
+
+def empty_gallery(work: Path) -> Path:
+    """A new empty gallery folder under `work` for a server the bench posts /predict to."""
+    gallery = work / "gallery-empty"
+    similarity.remove(gallery)
+    return gallery
 
 
 def served_env(args: argparse.Namespace, arch: str, precision: str, instances: int,
@@ -279,21 +286,22 @@ def served_env(args: argparse.Namespace, arch: str, precision: str, instances: i
 
 
 def ratio_in_turns(args: argparse.Namespace, store: Path, arch: str, precision: str,
-                   jpegs: list[bytes], results: dict) -> dict:  # fmt: skip
+                   jpegs: list[bytes], pixels: np.ndarray, results: dict) -> dict:  # fmt: skip
     """Service / raw in turns (`bench.turns`) at 4 clients, 500x375: the raw engine in its
     fastest configuration and batch of this run, and the service in that configuration
-    (calls x threads), so that only serving differs. (Picking the served configuration by
-    the one-pass rows would pick by their noise: on 2 cores the configurations of int8 serve
-    within a few percent of each other.)"""
+    (calls x threads), so that only serving differs; and, where that batch keeps more images
+    in flight than 4 clients can, the raw engine with 4 in flight too. (Picking the served
+    configuration by the one-pass rows would pick by their noise: on 2 cores the
+    configurations of int8 serve within a few percent of each other.)"""
     raw = report.best([r for r in results["engine"]
                        if r.get("arch") == arch and r["precision"] == precision])  # fmt: skip
     log.info("in turns, %s %s: raw and served %s, raw batch %s", arch, precision,
              report.calls(raw), raw["batch"])  # fmt: skip
-    similarity.remove(args.work / "gallery-empty")
-    turn = turns.in_turns(store, f"{models.name_of(arch)}:1", precision, jpegs, raw=raw,
+    turn = turns.in_turns(store, f"{models.name_of(arch)}:1", precision, jpegs, pixels, raw=raw,
                           env=served_env(args, arch, precision, raw["instances"], raw["threads"]),
                           turns=args.turns, min_seconds=args.min_seconds,
-                          requests=args.requests, work=args.work,
+                          requests=args.requests, gallery=empty_gallery(args.work),
+                          server_log=args.work / "server.log",
                           spinning=args.spinning == "on", port=args.port or None)  # fmt: skip
     return {"arch": arch, "precision": precision, "size": "500x375", **turn}
 

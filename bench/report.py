@@ -20,10 +20,14 @@ def summary(res: dict) -> dict:
         for precision in ("fp32", "int8"):
             out.update(_summary(arch, precision, engine, service, naive))
     for t in res.get("turns", []):  # bench.turns: raw and service one after the other
-        out.setdefault(f"{t['arch']} {t['precision']} {t['size']}", {}).update({
-            "service_vs_raw_in_turns": t["ratio_median"],
-            "service_vs_raw_in_turns_range": [t["ratio_min"], t["ratio_max"]],
-        })  # fmt: skip
+        s = out.setdefault(f"{t['arch']} {t['precision']} {t['size']}", {})
+        s.update({"service_vs_raw_in_turns": t["ratio_median"],
+                  "service_vs_raw_in_turns_range": [t["ratio_min"], t["ratio_max"]]})  # fmt: skip
+        if flight := t.get("in_flight"):  # the raw engine with the clients' images in flight
+            s.update({"service_vs_raw_same_in_flight_in_turns": flight["ratio_median"],
+                      "service_vs_raw_same_in_flight_in_turns_range": [flight["ratio_min"],
+                                                                       flight["ratio_max"]],
+                      "raw_batch_same_in_flight": flight["batch"]})  # fmt: skip
     return out
 
 
@@ -144,20 +148,33 @@ def table(res: dict) -> str:
         lines.append("")
     if res.get("turns"):
         lines += ["Service / raw in turns (bench/turns.py; raw, service, service, raw, ...; "
-                  "images/s of each turn's slices, and their ratio):", "",
+                  "images/s of each turn's slices, and their ratio; \"in flight\": the raw "
+                  "engine in the served configuration with as many images in flight as the "
+                  "clients, a third part of the same turns where the fastest batch keeps more):",
+                  "",
                   "| arch | precision | raw calls x threads, batch | served calls x threads | "
                   "clients | raw images/s | service images/s | ratio per turn | "
+                  "**median ratio** | in flight: batch, raw images/s | ratio per turn | "
                   "**median ratio** |",
-                  "|" + " --- |" * 9]  # fmt: skip
+                  "|" + " --- |" * 12]  # fmt: skip
         for t in res["turns"]:
-            raw, served = (" / ".join(_f(s["images_per_s"]) for s in
-                                      sorted((s for s in t["slices"] if s["part"] == part),
-                                             key=lambda s: s["turn"]))
-                           for part in ("raw", "service"))  # fmt: skip
+            raw, served, flight_rates = (
+                " / ".join(_f(s["images_per_s"]) for s in
+                           sorted((s for s in t["slices"] if s["part"] == part),
+                                  key=lambda s: s["turn"]))
+                for part in ("raw", "service", "in_flight"))  # fmt: skip
+            flight = t.get("in_flight")
+            if flight is None:
+                flight_cells = "- | - | -"
+            else:
+                flight_cells = (f"{flight['batch']}, "
+                                f"{flight_rates if flight['measured'] else 'the raw part'} | "
+                                + " / ".join(f"{r:.2f}" for r in flight["ratios"])
+                                + f" | **{flight['ratio_median']:.2f}x**")  # fmt: skip
             lines.append(f"| {t['arch']} | {t['precision']} | {calls(t['raw'])}, "
                          f"{t['raw']['batch']} | {calls(t['served'])} | {t['clients']} | "
                          f"{raw} | {served} | " + " / ".join(f"{r:.2f}" for r in t["ratios"])
-                         + f" | **{t['ratio_median']:.2f}x** |")  # fmt: skip
+                         + f" | **{t['ratio_median']:.2f}x** | {flight_cells} |")  # fmt: skip
         lines.append("")
     if res.get("naive"):
         lines += [
@@ -182,15 +199,17 @@ def table(res: dict) -> str:
     if res.get("summary"):
         lines += ["Ratios (and the service's own CPU per image at 4 clients):", "",
                   "| arch, precision, photo | service / raw engine best (>= 4 clients) | "
-                  "at 4 clients | at 4 clients, in turns (median) | idle p50 / one raw call | "
+                  "at 4 clients | at 4 clients, in turns (median) | in turns, raw with 4 in "
+                  "flight (median) | idle p50 / one raw call | "
                   "service / naive | raw / naive | "
                   "CPU-bound service / raw (raw CPU-ms / service process CPU-ms, 4 clients) | "
                   "service CPU-ms at 4 clients | of ceiling at 4 clients | calls x threads "
                   "at 4 clients |",
-                  "|" + " --- |" * 11]  # fmt: skip
+                  "|" + " --- |" * 12]  # fmt: skip
         for key, s in res["summary"].items():
             keys = ("service_vs_raw_throughput", "service_vs_raw_at_4_clients",
-                    "service_vs_raw_in_turns", "idle_p50_vs_raw_call", "service_vs_naive",
+                    "service_vs_raw_in_turns", "service_vs_raw_same_in_flight_in_turns",
+                    "idle_p50_vs_raw_call", "service_vs_naive",
                     "raw_vs_naive", "raw_vs_service_cpu_at_4_clients")  # fmt: skip
             cells = [s.get(k) for k in keys]
             over = s.get("overhead_cpu_ms_per_image_at_4_clients")

@@ -69,4 +69,30 @@ def test_the_ratio_in_turns_is_the_median_of_its_turns() -> None:
     assert got["service_vs_raw_in_turns_range"] == pytest.approx([0.6, 0.95])
     text = table({"turns": [turn]})
     assert ("| paper | int8 | 2 x 1, 1 | 2 x 1 | 4 | 50.0 / 50.0 / 40.0 | 45.0 / 30.0 / 38.0 | "
-            "0.90 / 0.60 / 0.95 | **0.90x** |") in text  # fmt: skip
+            "0.90 / 0.60 / 0.95 | **0.90x** | - | - | - |") in text  # fmt: skip
+    assert "service_vs_raw_same_in_flight_in_turns" not in got
+
+
+def test_the_ratio_against_the_raw_engine_with_the_clients_images_in_flight() -> None:
+    rates = [(0, "raw", 50.0), (0, "service", 45.0), (0, "in_flight", 48.0),
+             (1, "in_flight", 40.0), (1, "service", 36.0), (1, "raw", 45.0),
+             (2, "raw", 50.0), (2, "service", 44.0), (2, "in_flight", 44.0)]  # fmt: skip
+    turn = {"arch": "bn", "precision": "int8", "size": "500x375", "clients": 4,
+            "raw": {"instances": 2, "threads": 1, "batch": 4},
+            "served": {"instances": 2, "threads": 1},
+            "slices": [{"turn": t, "part": p, "images_per_s": r} for t, p, r in rates],
+            "ratios": [0.9, 0.8, 0.88], "ratio_median": 0.88, "ratio_min": 0.8,
+            "ratio_max": 0.9,
+            "in_flight": {"batch": 2, "measured": True, "ratios": [0.9375, 0.9, 1.0],
+                          "ratio_median": 0.9375, "ratio_min": 0.9, "ratio_max": 1.0}}  # fmt: skip
+    got = summary({"turns": [turn]})["bn int8 500x375"]
+    assert got["service_vs_raw_in_turns"] == pytest.approx(0.88)
+    assert got["service_vs_raw_same_in_flight_in_turns"] == pytest.approx(0.9375)
+    assert got["service_vs_raw_same_in_flight_in_turns_range"] == pytest.approx([0.9, 1.0])
+    assert got["raw_batch_same_in_flight"] == 2
+    assert ("| bn | int8 | 2 x 1, 4 | 2 x 1 | 4 | 50.0 / 45.0 / 50.0 | 45.0 / 36.0 / 44.0 | "
+            "0.90 / 0.80 / 0.88 | **0.88x** | 2, 48.0 / 40.0 / 44.0 | 0.94 / 0.90 / 1.00 | "
+            "**0.94x** |") in table({"turns": [turn]})  # fmt: skip
+    # where the fastest batch is already the clients' (not measured twice), the raw part is
+    turn["in_flight"] |= {"batch": 4, "measured": False}
+    assert "| 4, the raw part |" in table({"turns": [turn]})
