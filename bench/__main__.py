@@ -127,8 +127,8 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="with the engine and service parts at 4 clients: turns of the fastest raw "
         "engine row and the service in its configuration, one slice after the other, whose "
         "median ratio is the service / raw figure at 4 clients for 500x375; with a third "
-        "part, the raw engine with 4 images in flight, where the fastest batch keeps more "
-        "(bench/turns.py; default: 5, 0: none)",
+        "part, the raw engine with 4 images in flight, where the fastest batch keeps another "
+        "number (bench/turns.py; default: 5, 0: none)",
     )
     p.add_argument(
         "--max-wait-ms",
@@ -289,10 +289,10 @@ def ratio_in_turns(args: argparse.Namespace, store: Path, arch: str, precision: 
                    jpegs: list[bytes], pixels: np.ndarray, results: dict) -> dict:  # fmt: skip
     """Service / raw in turns (`bench.turns`) at 4 clients, 500x375: the raw engine in its
     fastest configuration and batch of this run, and the service in that configuration
-    (calls x threads), so that only serving differs; and, where that batch keeps more images
-    in flight than 4 clients can, the raw engine with 4 in flight too. (Picking the served
-    configuration by the one-pass rows would pick by their noise: on 2 cores the
-    configurations of int8 serve within a few percent of each other.)"""
+    (calls x threads), so that only serving differs; and, where that batch keeps another
+    number of images in flight than 4 clients do, the raw engine with 4 in flight too.
+    (Picking the served configuration by the one-pass rows would pick by their noise: on 2
+    cores the configurations of int8 serve within a few percent of each other.)"""
     raw = report.best([r for r in results["engine"]
                        if r.get("arch") == arch and r["precision"] == precision])  # fmt: skip
     log.info("in turns, %s %s: raw and served %s, raw batch %s", arch, precision,

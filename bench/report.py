@@ -150,7 +150,8 @@ def table(res: dict) -> str:
         lines += ["Service / raw in turns (bench/turns.py; raw, service, service, raw, ...; "
                   "images/s of each turn's slices, and their ratio; \"in flight\": the raw "
                   "engine in the served configuration with as many images in flight as the "
-                  "clients, a third part of the same turns where the fastest batch keeps more):",
+                  "clients, a third part of the same turns where the fastest batch keeps another "
+                  "number):",
                   "",
                   "| arch | precision | raw calls x threads, batch | served calls x threads | "
                   "clients | raw images/s | service images/s | ratio per turn | "

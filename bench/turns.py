@@ -10,13 +10,13 @@ slice moves one turn's ratio, not the figure. (On the 2-vCPU VM of the README's 
 session's CPU time per image once doubled for about ten seconds; measured minutes apart,
 raw and service rows differed by up to 15% for no reason of their own.)
 
-The fastest raw batch may keep more images in flight than the clients can (2 calls of 4
-images against 4 clients). Where it does, a third part runs in the same turns: the raw
-engine in the served configuration with as many images in flight as the clients keep
-(`in_flight_batch`), the most the service's engine could ever be given at that load. The
-turns then go raw, service, in flight, in flight, service, raw, ... and the service is
-compared with both: the first ratio is what serving costs against the engine's best, the
-second what it costs against the same work done without it.
+The fastest raw batch may keep another number of images in flight than the clients do (2
+calls of 4 images, or of 1, against 4 clients). Where it does, a third part runs in the
+same turns: the raw engine in the served configuration with as many images in flight as
+the clients keep (`in_flight_batch`), the most the service's engine could ever be given at
+that load. The turns then go raw, service, in flight, in flight, service, raw, ... and the
+service is compared with both: the first ratio is what serving costs against the engine's
+best, the second what it costs against the same work done without it.
 """
 
 from __future__ import annotations
