@@ -42,8 +42,9 @@ def slice_order(turns: int, parts: tuple[str, ...] = ("raw", "service")) -> list
 
 
 def in_flight_batch(instances: int, clients: int) -> int | None:
-    """Images per call that keep as many images in flight in `instances` concurrent calls as
-    `clients` clients keep, one request each (None where there are fewer clients than calls)."""
+    """The most images per call at which `instances` concurrent calls keep no more images in
+    flight than `clients` clients of one image each (4 clients, 2 calls: 2; None where there
+    are fewer clients than calls)."""
     return clients // instances if clients >= instances else None
 
 

@@ -33,7 +33,7 @@ def test_three_parts_mirror_from_one_turn_to_the_next() -> None:
 def test_the_batch_that_keeps_the_clients_images_in_flight() -> None:
     assert in_flight_batch(instances=2, clients=4) == 2
     assert in_flight_batch(instances=1, clients=4) == 4
-    assert in_flight_batch(instances=3, clients=4) == 1  # one call of the 3 waits for a client
+    assert in_flight_batch(instances=3, clients=4) == 1  # 3 in flight: 2 images a call is 6
     assert in_flight_batch(instances=4, clients=2) is None  # calls the clients cannot fill
 
 
