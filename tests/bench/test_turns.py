@@ -37,16 +37,23 @@ def test_the_batch_that_keeps_the_clients_images_in_flight() -> None:
     assert in_flight_batch(instances=4, clients=2) is None  # calls the clients cannot fill
 
 
+def turns_of_exported(exported: Path, work: Path, *, instances: int, threads: int, batch: int,
+                      turns: int) -> dict:  # fmt: skip
+    """`in_turns` of the exported tiny fp32 model, 2 clients, served in the raw configuration."""
+    store, name = exported.parents[1], exported.parent.name
+    jpegs = photos.photo_jpegs("500x375", count=2)
+    return in_turns(store, f"{name}:1", "fp32", jpegs, np.stack([load_256(j) for j in jpegs]),
+                    raw={"instances": instances, "threads": threads, "batch": batch},
+                    env={"precision": "fp32", "model": name, "device": "cpu",
+                         "threads": str(threads), "instances": str(instances)},
+                    turns=turns, min_seconds=0.2, requests=4, gallery=work / "gallery",
+                    server_log=work / "server.log", clients=2)  # fmt: skip
+
+
 def test_turns_compare_each_raw_slice_with_the_service_slice_beside_it(
     tmp_path: Path, exported: Path
 ) -> None:
-    store, name = exported.parents[1], exported.parent.name
-    jpegs = photos.photo_jpegs("500x375", count=2)
-    got = in_turns(store, f"{name}:1", "fp32", jpegs, np.stack([load_256(j) for j in jpegs]),
-                   raw={"instances": 1, "threads": 2, "batch": 1},
-                   env={"precision": "fp32", "model": name, "device": "cpu", "threads": "2"},
-                   turns=3, min_seconds=0.2, requests=4, gallery=tmp_path / "gallery",
-                   server_log=tmp_path / "server.log", clients=2)  # fmt: skip
+    got = turns_of_exported(exported, tmp_path, instances=1, threads=2, batch=1, turns=3)
     parts = ("raw", "service", "in_flight")  # 2 clients keep 2 images in flight, not 1
     assert [(s["turn"], s["part"]) for s in got["slices"]] == slice_order(3, parts)
     rates = {(s["turn"], s["part"]): s["images_per_s"] for s in got["slices"]}
@@ -72,14 +79,7 @@ def test_turns_compare_each_raw_slice_with_the_service_slice_beside_it(
 def test_no_third_part_where_the_fastest_batch_already_matches_the_clients(
     tmp_path: Path, exported: Path
 ) -> None:
-    store, name = exported.parents[1], exported.parent.name
-    jpegs = photos.photo_jpegs("500x375", count=2)
-    got = in_turns(store, f"{name}:1", "fp32", jpegs, np.stack([load_256(j) for j in jpegs]),
-                   raw={"instances": 2, "threads": 1, "batch": 1},
-                   env={"precision": "fp32", "model": name, "device": "cpu", "threads": "1",
-                        "instances": "2"},
-                   turns=1, min_seconds=0.2, requests=4, gallery=tmp_path / "gallery",
-                   server_log=tmp_path / "server.log", clients=2)  # fmt: skip
+    got = turns_of_exported(exported, tmp_path, instances=2, threads=1, batch=1, turns=1)
     assert [s["part"] for s in got["slices"]] == ["raw", "service"]
     assert got["in_flight"]["measured"] is False
     assert got["in_flight"]["ratios"] == got["ratios"]
